@@ -1,0 +1,27 @@
+"""seqpar: sequence parallelism for long-context transformer training.
+
+``seqpar.attention`` is exact attention over a sequence split across a process
+group (strategies ``rsa``, ``ring``, ``ulysses``, ``allgather``);
+``seqpar.shard``/``unshard`` move whole tensors into and out of a layout.
+"""
+
+from . import comm, kernels
+from .attention import STRATEGIES, attention
+from .layout import LAYOUT_NAMES, Contiguous, Layout, Striped, Zigzag, position_ids, shard, unshard
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LAYOUT_NAMES",
+    "STRATEGIES",
+    "Contiguous",
+    "Layout",
+    "Striped",
+    "Zigzag",
+    "attention",
+    "comm",
+    "kernels",
+    "position_ids",
+    "shard",
+    "unshard",
+]

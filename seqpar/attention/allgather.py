@@ -1,0 +1,26 @@
+"""All-gather context parallelism (Llama-3 style).
+
+K and V are all-gathered once (packed in one buffer); local queries attend to
+the full sequence through a causal plan that skips future blocks; backward
+reduce-scatters dK/dV to their owners. Memory O(L) for KV, a single collective
+per direction that NCCL runs at full all-gather bandwidth.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..comm import all_gather_seq, group_rank_size
+from .blockwise import PlannedAttention
+from .plan import make_plan
+
+
+def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float):
+    """This rank's output of attention against the all-gathered K/V."""
+    rank, world = group_rank_size(group)
+    length = q.shape[2] * world
+    # 2 x (B, Hkv, Ls, D) -> (2, B, Hkv, Ls, D) -> gathered along seq: (2, B, Hkv, L, D)
+    kv = all_gather_seq(torch.stack([k, v]), 3, group)
+    kv_segments = [seg for r in range(world) for seg in layout.segments(r, world, length)]
+    plan = make_plan(layout.segments(rank, world, length), kv_segments, causal)
+    return PlannedAttention.apply(q, kv[0], kv[1], plan, scale)

@@ -1,0 +1,72 @@
+"""Blockwise ring attention with online softmax (Liu et al.; ring-flash-attention).
+
+KV blocks travel around the ring (K and V packed in one buffer); the block for
+step i+1 is in flight while step i computes. Memory is O(L/P). In backward the
+kv blocks travel again and their fp32 dK/dV accumulators ride with them, one
+extra hop bringing each home. Causal steps whose block lies entirely in the
+future are skipped (the buffer still moves on).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..comm import RingExchange, group_rank_size
+from ..kernels import acc_dtype
+from .blockwise import Accumulator, backward_blocks, forward_blocks
+from .plan import Block, make_plan
+
+
+class RingAttention(torch.autograd.Function):
+    """Forward: P steps of (send kv onward | compute local q against the held kv).
+    Backward: P steps of (send kv and its dkv accumulator onward | block grads)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, group, plans: list[list[Block]], scale: float):
+        _, world = group_rank_size(group)
+        ring = RingExchange(group)
+        kv = torch.stack([k, v])  # 2 x (B, Hkv, Ls, D) -> (2, B, Hkv, Ls, D): one message
+        acc = Accumulator(q)
+        for step in range(world):
+            if step + 1 < world:
+                ring.start(kv)
+            forward_blocks(acc, q, kv[0], kv[1], plans[step], scale)
+            if step + 1 < world:
+                kv = ring.wait()
+        out = acc.out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, acc.lse)
+        ctx.group, ctx.plans, ctx.scale = group, plans, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        _, world = group_rank_size(ctx.group)
+        dout = dout.contiguous()
+        a = acc_dtype(q.dtype)
+        kv_ring, grad_ring = RingExchange(ctx.group), RingExchange(ctx.group)
+        kv = torch.stack([k, v])  # (2, B, Hkv, Ls, D)
+        dq = torch.zeros(q.shape, dtype=a, device=q.device)
+        dkv = None
+        for step in range(world):
+            if step + 1 < world:
+                kv_ring.start(kv)
+            # dK/dV of the block held now: (2, B, Hkv, Ls, D) in fp32, from the previous rank
+            dkv = grad_ring.wait() if step > 0 else torch.zeros(kv.shape, dtype=a, device=q.device)
+            backward_blocks(dout, q, kv[0], kv[1], out, lse, ctx.plans[step], ctx.scale,
+                            dq, dkv[0], dkv[1])
+            grad_ring.start(dkv)  # onward; after P hops each block's grads are home
+            if step + 1 < world:
+                kv = kv_ring.wait()
+        dkv = grad_ring.wait()
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
+
+
+def ring_attention(q, k, v, *, group, layout, causal: bool, scale: float):
+    """This rank's output of exact ring attention over ``group``."""
+    rank, world = group_rank_size(group)
+    length = q.shape[2] * world
+    q_seg = layout.segments(rank, world, length)
+    plans = [make_plan(q_seg, layout.segments((rank - s) % world, world, length), causal)
+             for s in range(world)]
+    return RingAttention.apply(q, k, v, group, plans, scale)

@@ -1,0 +1,34 @@
+"""Communication layer: differentiable collectives, ring P2P, byte accounting."""
+
+from .collectives import (
+    AllGatherSeq,
+    HeadsToSeq,
+    ReduceScatterSeq,
+    SeqToHeads,
+    all_gather_seq,
+    heads_to_seq,
+    reduce_scatter_seq,
+    seq_to_heads,
+)
+from .groups import DEFAULT_TIMEOUT, collective_device, group_rank_size, resolve_group
+from .ring import RingExchange
+from .stats import CommCounter, count_bytes, record
+
+__all__ = [
+    "AllGatherSeq",
+    "CommCounter",
+    "DEFAULT_TIMEOUT",
+    "HeadsToSeq",
+    "ReduceScatterSeq",
+    "RingExchange",
+    "SeqToHeads",
+    "all_gather_seq",
+    "collective_device",
+    "count_bytes",
+    "group_rank_size",
+    "heads_to_seq",
+    "record",
+    "reduce_scatter_seq",
+    "resolve_group",
+    "seq_to_heads",
+]

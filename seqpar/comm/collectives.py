@@ -1,0 +1,179 @@
+"""Differentiable collectives along the sequence dimension.
+
+One autograd Function per primitive; each docstring says what happens in
+forward and what in backward. Functions are no-ops for a group of one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .compat import all_gather_flat, reduce_scatter_flat
+from .groups import group_rank_size
+from .stats import record
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """Raw all-to-all over dim 0 (which must have size P); records bytes sent."""
+    _, world = group_rank_size(group)
+    out = torch.empty_like(x)
+    dist.all_to_all_single(out, x, group=group)
+    record("all_to_all", _nbytes(x) * (world - 1) // world)
+    return out
+
+
+def _seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
+    """Pack tensors, all-to-all once, unpack: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D)."""
+    _, world = group_rank_size(group)
+    b, _, ls, d = tensors[0].shape
+    heads = [t.shape[1] // world for t in tensors]
+    # (B, H_i, Ls, D) -> (B, P, H_i/P, Ls, D), concatenated over i on dim 2
+    packed = torch.cat([t.reshape(b, world, h, ls, d) for t, h in zip(tensors, heads)], dim=2)
+    # (B, P, ΣH/P, Ls, D) -> (P, B, ΣH/P, Ls, D): dim 0 = destination rank
+    recv = _all_to_all(packed.transpose(0, 1).contiguous(), group)
+    # (P, B, ΣH/P, Ls, D) (dim 0 = source rank) -> (B, ΣH/P, P*Ls, D)
+    full = recv.permute(1, 2, 0, 3, 4).reshape(b, sum(heads), world * ls, d)
+    return tuple(t.contiguous() for t in full.split(heads, dim=1))
+
+
+def _heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
+    """Inverse of :func:`_seq_to_heads`: (B, H_i/P, P*Ls, D) -> (B, H_i, Ls, D)."""
+    _, world = group_rank_size(group)
+    b, _, l_full, d = tensors[0].shape
+    ls = l_full // world
+    heads = [t.shape[1] for t in tensors]
+    # (B, H_i/P, P*Ls, D) -> (B, ΣH/P, P, Ls, D) -> (P, B, ΣH/P, Ls, D): dim 0 = destination
+    packed = torch.cat(tensors, dim=1).reshape(b, sum(heads), world, ls, d)
+    recv = _all_to_all(packed.permute(2, 0, 1, 3, 4).contiguous(), group)
+    # (P, B, ΣH/P, Ls, D) (dim 0 = source rank = head group) -> (B, P, ΣH/P, Ls, D)
+    recv = recv.transpose(0, 1)
+    outs = []
+    for part in recv.split(heads, dim=2):
+        # (B, P, H_i/P, Ls, D) -> (B, H_i, Ls, D)
+        outs.append(part.reshape(b, world * part.shape[2], ls, d))
+    return tuple(outs)
+
+
+class SeqToHeads(torch.autograd.Function):
+    """Sequence-sharded -> head-sharded (DeepSpeed-Ulysses).
+
+    Forward: one all-to-all of all inputs packed together,
+    ``(B, H_i, L/P, D) -> (B, H_i/P, L, D)`` for each input.
+    Backward: the inverse all-to-all of the packed gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, group, *tensors):
+        ctx.group = group
+        return _seq_to_heads(tensors, group)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, *_heads_to_seq(tuple(g.contiguous() for g in grads), ctx.group))
+
+
+class HeadsToSeq(torch.autograd.Function):
+    """Head-sharded -> sequence-sharded (the way back after Ulysses attention).
+
+    Forward: one all-to-all, ``(B, H_i/P, L, D) -> (B, H_i, L/P, D)``.
+    Backward: the inverse all-to-all (sequence -> heads) of the gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, group, *tensors):
+        ctx.group = group
+        return _heads_to_seq(tensors, group)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, *_seq_to_heads(tuple(g.contiguous() for g in grads), ctx.group))
+
+
+def _all_gather(x: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
+    _, world = group_rank_size(group)
+    # (..., Ls @ dim, ...) -> (Ls, ...) so that rank blocks are contiguous in memory
+    x0 = x.movedim(dim, 0).contiguous()
+    out = x0.new_empty((world * x0.shape[0], *x0.shape[1:]))
+    all_gather_flat(out, x0, group=group)
+    record("all_gather", _nbytes(x0) * (world - 1))
+    # (P*Ls, ...) -> (..., P*Ls @ dim, ...)
+    return out.movedim(0, dim)
+
+
+def _reduce_scatter(x: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
+    _, world = group_rank_size(group)
+    # (..., P*Ls @ dim, ...) -> (P*Ls, ...)
+    x0 = x.movedim(dim, 0).contiguous()
+    out = x0.new_empty((x0.shape[0] // world, *x0.shape[1:]))
+    reduce_scatter_flat(out, x0, group=group)
+    record("reduce_scatter", _nbytes(out) * (world - 1))
+    # (Ls, ...) -> (..., Ls @ dim, ...)
+    return out.movedim(0, dim)
+
+
+class AllGatherSeq(torch.autograd.Function):
+    """Gather the sequence shards of every rank along ``dim`` (rank order).
+
+    Forward: all-gather, ``L/P -> L`` along ``dim``.
+    Backward: reduce-scatter of the gradient (each rank's contribution to every
+    shard is summed onto the shard's owner).
+    """
+
+    @staticmethod
+    def forward(ctx, x, dim, group):
+        ctx.dim, ctx.group = dim, group
+        return _all_gather(x, dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter(grad, ctx.dim, ctx.group), None, None
+
+
+class ReduceScatterSeq(torch.autograd.Function):
+    """Sum partial full-length tensors and keep this rank's shard along ``dim``.
+
+    Forward: reduce-scatter, ``L -> L/P`` along ``dim``.
+    Backward: all-gather of the gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dim, group):
+        ctx.dim, ctx.group = dim, group
+        return _reduce_scatter(x, dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather(grad, ctx.dim, ctx.group), None, None
+
+
+def seq_to_heads(*tensors: torch.Tensor, group: dist.ProcessGroup | None):
+    """``(B, H_i, L/P, D) -> (B, H_i/P, L, D)`` for each tensor, in one all-to-all."""
+    if group_rank_size(group)[1] == 1:
+        return tensors
+    return SeqToHeads.apply(group, *tensors)
+
+
+def heads_to_seq(*tensors: torch.Tensor, group: dist.ProcessGroup | None):
+    """``(B, H_i/P, L, D) -> (B, H_i, L/P, D)`` for each tensor, in one all-to-all."""
+    if group_rank_size(group)[1] == 1:
+        return tensors
+    return HeadsToSeq.apply(group, *tensors)
+
+
+def all_gather_seq(x: torch.Tensor, dim: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Differentiable all-gather along ``dim`` (backward: reduce-scatter)."""
+    if group_rank_size(group)[1] == 1:
+        return x
+    return AllGatherSeq.apply(x, dim, group)
+
+
+def reduce_scatter_seq(x: torch.Tensor, dim: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Differentiable reduce-scatter along ``dim`` (backward: all-gather)."""
+    if group_rank_size(group)[1] == 1:
+        return x
+    return ReduceScatterSeq.apply(x, dim, group)

@@ -1,0 +1,49 @@
+"""Resolving the ``group`` argument and the device collectives run on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+#: Default timeout for process groups seqpar creates: long enough for real
+#: work, short enough that a mismatch surfaces as an error instead of a hang.
+DEFAULT_TIMEOUT = timedelta(minutes=5)
+
+
+def resolve_group(group: object | None) -> dist.ProcessGroup | None:
+    """Turn ``None`` / ``ProcessGroup`` / 1-D ``DeviceMesh`` into a process group.
+
+    Returns ``None`` when torch.distributed is not initialised: a single
+    process then behaves as a group of one.
+    """
+    if group is None:
+        return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+    if isinstance(group, dist.ProcessGroup):
+        return group
+    # DeviceMesh without importing it eagerly (older builds lack it on some platforms).
+    get_group = getattr(group, "get_group", None)
+    ndim = getattr(group, "ndim", None)
+    if get_group is not None:
+        if ndim != 1:
+            raise ValueError(
+                f"group must be a 1-D DeviceMesh for this strategy, got a {ndim}-D mesh "
+                f"with dims {getattr(group, 'mesh_dim_names', None)}"
+            )
+        return get_group()
+    raise ValueError(f"group must be a ProcessGroup, a 1-D DeviceMesh or None, got {type(group)}")
+
+
+def group_rank_size(group: dist.ProcessGroup | None) -> tuple[int, int]:
+    """(rank within group, group size); (0, 1) without torch.distributed."""
+    if group is None:
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def collective_device(group: dist.ProcessGroup | None) -> torch.device:
+    """Device for small control tensors (shape checks) on this group's backend."""
+    if group is not None and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

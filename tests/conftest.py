@@ -1,0 +1,25 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from distributed import run_distributed  # noqa: E402
+
+
+@pytest.fixture
+def spawn():
+    """``spawn(fn, world_size, *args)``: run ``fn(rank, world_size, *args)`` on gloo ranks."""
+    return run_distributed
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA GPUs")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

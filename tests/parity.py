@@ -1,0 +1,59 @@
+"""Dense float64 reference and the sharded-vs-dense comparison, shared by tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import seqpar
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def make_problem(seed, b, hq, hkv, length, d, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hq, length, d, generator=g, dtype=torch.float64)
+    k = torch.randn(b, hkv, length, d, generator=g, dtype=torch.float64)
+    v = torch.randn(b, hkv, length, d, generator=g, dtype=torch.float64)
+    dout = torch.randn(b, hq, length, d, generator=g, dtype=torch.float64)
+    return [t.to(device) for t in (q, k, v, dout)]
+
+
+def dense_reference(q, k, v, dout, causal):
+    """Output and gradients of unsharded attention in float64."""
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                         enable_gqa=q.shape[1] != k.shape[1])
+    out.backward(dout.double())
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def check_case(*, strategy, layout, causal, dtype, group, full, rank, world, label=""):
+    """Run one sharded attention and compare output and grads with the dense reference.
+
+    ``full`` = (q, k, v, dout) float64 full-length tensors, identical on every rank.
+    Returns a list of failure strings (empty when the case passes).
+    """
+    q, k, v, dout = full
+    # round through the test dtype first so the reference sees the same inputs
+    q, k, v, dout = (t.to(dtype).double() for t in (q, k, v, dout))
+    ref = dense_reference(q, k, v, dout, causal)
+    shards = [seqpar.shard(t, dim=2, group=group, layout=layout).to(dtype) for t in (q, k, v)]
+    ql, kl, vl = (t.detach().clone().requires_grad_() for t in shards)
+    out = seqpar.attention(ql, kl, vl, strategy=strategy, group=group, causal=causal,
+                           layout=layout)
+    out.backward(seqpar.shard(dout, dim=2, group=group, layout=layout).to(dtype))
+    got = [out.detach(), ql.grad, kl.grad, vl.grad]
+    failures = []
+    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref):
+        r_local = seqpar.shard(r, dim=2, group=group, layout=layout)
+        err = rel_err(g, r_local)
+        if not err <= TOL[dtype]:
+            failures.append(f"{label} {strategy}/{layout}/causal={causal}/{dtype}: "
+                            f"{name} rel err {err:.3g} > {TOL[dtype]:g} on rank {rank}/{world}")
+    return failures
