@@ -6,7 +6,7 @@ group (strategies ``rsa``, ``ring``, ``ulysses``, ``allgather``);
 """
 
 from . import comm, kernels
-from .attention import STRATEGIES, attention
+from .attention import STRATEGIES, attention, work_per_rank
 from .layout import LAYOUT_NAMES, Contiguous, Layout, Striped, Zigzag, position_ids, shard, unshard
 
 __version__ = "0.1.0"
@@ -24,4 +24,5 @@ __all__ = [
     "position_ids",
     "shard",
     "unshard",
+    "work_per_rank",
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import check_case, make_problem
 
 import seqpar
-from parity import check_case, make_problem
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 # Hq=12 divides by 1, 2, 3, 4 (Ulysses); Hkv=6 exercises GQA where it divides too.

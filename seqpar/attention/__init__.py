@@ -15,6 +15,7 @@ from .ring import ring_attention
 from .rsa import rsa_attention
 from .ulysses import ulysses_attention
 from .validate import STRATEGIES, check_inputs
+from .work import work_per_rank
 
 _BY_NAME = {
     "rsa": rsa_attention,
@@ -47,4 +48,4 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, strategy: st
     return _BY_NAME[strategy](q, k, v, group=pg, layout=lay, causal=causal, scale=scale)
 
 
-__all__ = ["Block", "STRATEGIES", "attention", "make_plan", "plan_work"]
+__all__ = ["Block", "STRATEGIES", "attention", "make_plan", "plan_work", "work_per_rank"]

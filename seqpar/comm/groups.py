@@ -36,8 +36,9 @@ def resolve_group(group: object | None) -> dist.ProcessGroup | None:
 
 
 def group_rank_size(group: dist.ProcessGroup | None) -> tuple[int, int]:
-    """(rank within group, group size); (0, 1) without torch.distributed."""
-    if group is None:
+    """(rank within group, group size). ``None`` is the default group, or a group
+    of one when torch.distributed is not initialised."""
+    if group is None and not (dist.is_available() and dist.is_initialized()):
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 

@@ -39,7 +39,6 @@ def forward(q, k, v, *, scale: float, causal: bool):
     """(out, lse) for one block: out ``(B, Hq, Lq, D)``, lse ``(B, Hq, Lq)``, both fp32 (fp64
     for fp64 inputs)."""
     b, hq, lq, d = q.shape
-    hkv = k.shape[1]
     s = _scores(q, k, scale, causal)  # (B, Hkv, G, Lq, Lk)
     lse = torch.logsumexp(s, dim=-1)  # (B, Hkv, G, Lq)
     p = torch.exp(s - _safe(lse).unsqueeze(-1))
