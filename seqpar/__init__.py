@@ -8,10 +8,15 @@ group (strategies ``rsa``, ``ring``, ``ulysses``, ``allgather``);
 from . import comm, kernels
 from .attention import STRATEGIES, attention, work_per_rank
 from .layout import LAYOUT_NAMES, Contiguous, Layout, Striped, Zigzag, position_ids, shard, unshard
+from .padding import IGNORE_INDEX, pad_cu_seqlens, pad_for_layout, padded_length
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IGNORE_INDEX",
+    "pad_cu_seqlens",
+    "pad_for_layout",
+    "padded_length",
     "LAYOUT_NAMES",
     "STRATEGIES",
     "Contiguous",

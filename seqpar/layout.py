@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .comm import all_gather_seq, group_rank_size, resolve_group
+from .comm import all_gather_seq, hybrid_groups, is_hybrid_mesh, resolve_group, seq_rank_size
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def get_layout(layout: str | Layout) -> Layout:
 def position_ids(length: int, *, group=None, layout: str | Layout = "contiguous",
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Global positions of the tokens this rank owns (for RoPE): ``(L/P,)`` int64."""
-    rank, world = group_rank_size(resolve_group(group))
+    rank, world = seq_rank_size(group)
     return get_layout(layout).global_positions(rank, world, length, device)
 
 
@@ -119,7 +119,7 @@ def shard(x: torch.Tensor, *, dim: int, group=None,
           layout: str | Layout = "contiguous") -> torch.Tensor:
     """This rank's part of the full tensor ``x`` along ``dim`` (no communication)."""
     lay = get_layout(layout)
-    rank, world = group_rank_size(resolve_group(group))
+    rank, world = seq_rank_size(group)
     length = x.shape[dim]
     lay.check_length(length, world)
     if isinstance(lay, Contiguous):
@@ -131,10 +131,14 @@ def unshard(x: torch.Tensor, *, dim: int, group=None,
             layout: str | Layout = "contiguous") -> torch.Tensor:
     """The full tensor from every rank's shard along ``dim`` (all-gather; differentiable)."""
     lay = get_layout(layout)
-    pg = resolve_group(group)
-    _, world = group_rank_size(pg)
+    _, world = seq_rank_size(group)
     dim = dim % x.dim()
-    gathered = all_gather_seq(x, dim, pg)  # (..., L @ dim, ...) in rank order
+    if is_hybrid_mesh(group):
+        # slice r*U+u lives on (u, r): gather over ulysses (minor) then ring (major)
+        ug, rg = hybrid_groups(group)
+        gathered = all_gather_seq(all_gather_seq(x, dim, ug), dim, rg)
+    else:
+        gathered = all_gather_seq(x, dim, resolve_group(group))  # (..., L @ dim, ...)
     if isinstance(lay, Contiguous):
         return gathered
     length = gathered.shape[dim]

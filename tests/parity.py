@@ -7,6 +7,9 @@ import torch.nn.functional as F
 
 import seqpar
 
+#: strategies that run over a 1-D group (hybrid needs a 2-D mesh: tests/test_hybrid.py)
+ONE_D_STRATEGIES = [s for s in seqpar.STRATEGIES if s != "hybrid"]
+
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
@@ -24,16 +27,29 @@ def make_problem(seed, b, hq, hkv, length, d, device="cpu"):
     return [t.to(device) for t in (q, k, v, dout)]
 
 
-def dense_reference(q, k, v, dout, causal):
+def dense_mask(length, causal, cu_seqlens=None):
+    """Boolean (L, L) mask, True = may attend, or None for plain full/causal."""
+    if cu_seqlens is None:
+        return None
+    pos = torch.arange(length)
+    doc = torch.bucketize(pos, torch.as_tensor(cu_seqlens[1:]).long(), right=True)
+    mask = doc[:, None] == doc[None, :]
+    return mask & (pos[None, :] <= pos[:, None]) if causal else mask
+
+
+def dense_reference(q, k, v, dout, causal, cu_seqlens=None):
     """Output and gradients of unsharded attention in float64."""
     q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+    mask = dense_mask(q.shape[2], causal, cu_seqlens)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                         is_causal=causal and mask is None,
                                          enable_gqa=q.shape[1] != k.shape[1])
     out.backward(dout.double())
     return out.detach(), q.grad, k.grad, v.grad
 
 
-def check_case(*, strategy, layout, causal, dtype, group, full, rank, world, label=""):
+def check_case(*, strategy, layout, causal, dtype, group, full, rank, world, label="",
+               cu_seqlens=None):
     """Run one sharded attention and compare output and grads with the dense reference.
 
     ``full`` = (q, k, v, dout) float64 full-length tensors, identical on every rank.
@@ -42,11 +58,11 @@ def check_case(*, strategy, layout, causal, dtype, group, full, rank, world, lab
     q, k, v, dout = full
     # round through the test dtype first so the reference sees the same inputs
     q, k, v, dout = (t.to(dtype).double() for t in (q, k, v, dout))
-    ref = dense_reference(q, k, v, dout, causal)
+    ref = dense_reference(q, k, v, dout, causal, cu_seqlens)
     shards = [seqpar.shard(t, dim=2, group=group, layout=layout).to(dtype) for t in (q, k, v)]
     ql, kl, vl = (t.detach().clone().requires_grad_() for t in shards)
     out = seqpar.attention(ql, kl, vl, strategy=strategy, group=group, causal=causal,
-                           layout=layout)
+                           layout=layout, cu_seqlens=cu_seqlens)
     out.backward(seqpar.shard(dout, dim=2, group=group, layout=layout).to(dtype))
     got = [out.detach(), ql.grad, kl.grad, vl.grad]
     failures = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import check_case, make_problem
+from parity import ONE_D_STRATEGIES, check_case, make_problem
 
 import seqpar
 
@@ -38,9 +38,9 @@ def _layouts(rank, world):
     for lay in LAYOUTS:
         local = seqpar.shard(x, dim=2, layout=lay)
         assert torch.equal(seqpar.unshard(local, dim=2, layout=lay), x), lay
-        for strategy in seqpar.STRATEGIES:
-            if strategy == "ulysses" and 3 % world:
-                continue
+        for strategy in ONE_D_STRATEGIES:
+            if strategy == "ulysses" and 6 % world:
+                continue  # Hq=6 over 4 ranks: see test_errors
             for causal in (True, False):
                 for dtype in (torch.float64, torch.bfloat16):
                     failures += check_case(strategy=strategy, layout=lay, causal=causal,

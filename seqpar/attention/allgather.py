@@ -15,12 +15,13 @@ from .blockwise import PlannedAttention
 from .plan import make_plan
 
 
-def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float):
+def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
+                        documents=None):
     """This rank's output of attention against the all-gathered K/V."""
     rank, world = group_rank_size(group)
     length = q.shape[2] * world
     # 2 x (B, Hkv, Ls, D) -> (2, B, Hkv, Ls, D) -> gathered along seq: (2, B, Hkv, L, D)
     kv = all_gather_seq(torch.stack([k, v]), 3, group)
     kv_segments = [seg for r in range(world) for seg in layout.segments(r, world, length)]
-    plan = make_plan(layout.segments(rank, world, length), kv_segments, causal)
+    plan = make_plan(layout.segments(rank, world, length), kv_segments, causal, documents)
     return PlannedAttention.apply(q, kv[0], kv[1], plan, scale)

@@ -10,6 +10,7 @@ plans drive ring steps, all-gather and single-device attention, and their
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 
@@ -66,18 +67,62 @@ def _causal_pair(a: int, n: int, qo: int, c: int, m: int, ko: int) -> list[Block
     return blocks
 
 
-def make_plan(q_segments: Segments, kv_segments: Segments, causal: bool) -> list[Block]:
-    """All blocks for local queries at ``q_segments`` against keys at ``kv_segments``."""
+def _pair(a, n, qo, c, m, ko, causal: bool) -> list[Block]:
+    if causal:
+        return _causal_pair(a, n, qo, c, m, ko)
+    return [Block(qo, qo + n, ko, ko + m, False)] if n and m else []
+
+
+def _document_pairs(a, n, qo, c, m, ko, causal, documents, starts) -> list[Block]:
+    """Blocks restricted to each document both ranges share: no cross-document pair."""
+    blocks = []
+    # a document overlaps both ranges iff it starts before both end and ends after both start
+    lo, hi = max(a, c), min(a + n, c + m)
+    first = max(0, bisect_right(starts, lo) - 1)
+    for s, e in documents[first:]:
+        if s >= hi:
+            break
+        qa, qb = max(a, s), min(a + n, e)
+        kc, kd = max(c, s), min(c + m, e)
+        if qa < qb and kc < kd:
+            blocks += _pair(qa, qb - qa, qo + qa - a, kc, kd - kc, ko + kc - c, causal)
+    return blocks
+
+
+def make_plan(q_segments: Segments, kv_segments: Segments, causal: bool,
+              documents: list[tuple[int, int]] | None = None) -> list[Block]:
+    """All blocks for local queries at ``q_segments`` against keys at ``kv_segments``.
+
+    ``documents`` (global ``[start, end)`` of packed documents, sorted) confines
+    attention to each document; block pairs that share no document vanish.
+    """
     qs, ks = _with_offsets(q_segments), _with_offsets(kv_segments)
-    if not causal:
+    if not causal and documents is None:
         lq = sum(n for _, n, _ in qs)
         lk = sum(n for _, n, _ in ks)
         return [Block(0, lq, 0, lk, False)] if lq and lk else []
+    starts = [s for s, _ in documents] if documents is not None else None
     plan = []
     for a, n, qo in qs:
         for c, m, ko in ks:
-            plan.extend(_causal_pair(a, n, qo, c, m, ko))
+            if documents is None:
+                plan.extend(_causal_pair(a, n, qo, c, m, ko))
+            else:
+                plan.extend(_document_pairs(a, n, qo, c, m, ko, causal, documents, starts))
     return plan
+
+
+def documents_from_cu_seqlens(cu_seqlens, length: int) -> list[tuple[int, int]]:
+    """``[0, l1, l1+l2, ..., L]`` -> ``[(0, l1), (l1, l1+l2), ...]``, validated."""
+    bounds = [int(x) for x in (cu_seqlens.tolist() if hasattr(cu_seqlens, "tolist")
+                                else cu_seqlens)]
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != length:
+        raise ValueError(f"cu_seqlens must start at 0 and end at the global length L={length}, "
+                         f"got first={bounds[0] if bounds else None}, "
+                         f"last={bounds[-1] if bounds else None} ({len(bounds)} entries)")
+    if any(b2 < b1 for b1, b2 in zip(bounds, bounds[1:])):
+        raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds[:16]}...")
+    return [(s, e) for s, e in zip(bounds, bounds[1:]) if e > s]
 
 
 def plan_work(plan: list[Block]) -> int:

@@ -4,7 +4,8 @@ KV blocks travel around the ring (K and V packed in one buffer); the block for
 step i+1 is in flight while step i computes. Memory is O(L/P). In backward the
 kv blocks travel again and their fp32 dK/dV accumulators ride with them, one
 extra hop bringing each home. Causal steps whose block lies entirely in the
-future are skipped (the buffer still moves on).
+future (or, for packed documents, shares no document) are skipped; the buffer
+still moves on.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 
 from ..comm import RingExchange, group_rank_size
 from ..kernels import acc_dtype
-from .blockwise import Accumulator, backward_blocks, forward_blocks
-from .plan import Block, make_plan
+from .blockwise import Accumulator, PlannedAttention, backward_blocks, forward_blocks
+from .plan import Block, Segments, make_plan
 
 
 class RingAttention(torch.autograd.Function):
@@ -62,11 +63,21 @@ class RingAttention(torch.autograd.Function):
         return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
 
-def ring_attention(q, k, v, *, group, layout, causal: bool, scale: float):
-    """This rank's output of exact ring attention over ``group``."""
+def ring_over(q, k, v, *, group, segments: list[Segments], causal: bool, scale: float,
+              documents=None):
+    """Ring attention where ring member i holds the tokens ``segments[i]``."""
     rank, world = group_rank_size(group)
-    length = q.shape[2] * world
-    q_seg = layout.segments(rank, world, length)
-    plans = [make_plan(q_seg, layout.segments((rank - s) % world, world, length), causal)
+    plans = [make_plan(segments[rank], segments[(rank - s) % world], causal, documents)
              for s in range(world)]
+    if world == 1:
+        return PlannedAttention.apply(q, k, v, plans[0], scale)
     return RingAttention.apply(q, k, v, group, plans, scale)
+
+
+def ring_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):
+    """This rank's output of exact ring attention over ``group``."""
+    _, world = group_rank_size(group)
+    length = q.shape[2] * world
+    segments = [layout.segments(r, world, length) for r in range(world)]
+    return ring_over(q, k, v, group=group, segments=segments, causal=causal, scale=scale,
+                     documents=documents)

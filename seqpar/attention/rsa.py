@@ -50,7 +50,7 @@ class RingSelfAttention(torch.autograd.Function):
     Backward: V ring (dP, dV riding) -> softmax backward -> K ring (dQ, dK riding)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, group, q_pos, kv_pos, causal: bool, scale: float):
+    def forward(ctx, q, k, v, group, q_pos, kv_pos, causal: bool, scale: float, doc_of):
         rank, world = group_rank_size(group)
         b, hq, ls, d = q.shape
         hkv = k.shape[1]
@@ -64,14 +64,18 @@ class RingSelfAttention(torch.autograd.Function):
 
         def score_block(step, kb):
             src = (rank - step) % world
+            mask = None  # (Ls, Ls): True where the key is invisible to the query
             if causal:
-                mask = kv_pos[src][None, :] > q_pos[:, None]  # (Ls, Ls): key in the future
-                if bool(mask.all()):
-                    visible[src] = False
-                    return
+                mask = kv_pos[src][None, :] > q_pos[:, None]  # key in the future
+            if doc_of is not None:
+                other_doc = doc_of(kv_pos[src])[None, :] != doc_of(q_pos)[:, None]
+                mask = other_doc if mask is None else mask | other_doc
+            if mask is not None and bool(mask.all()):
+                visible[src] = False
+                return
             # (B, Hkv, G, Ls, D) @ (B, Hkv, 1, D, Ls) -> (B, Hkv, G, Ls, Ls)
             s = torch.matmul(qg, kb.to(a).unsqueeze(2).transpose(-1, -2)) * scale
-            if causal:
+            if mask is not None:
                 s.masked_fill_(mask, float("-inf"))
             scores[src] = s
 
@@ -130,12 +134,16 @@ class RingSelfAttention(torch.autograd.Function):
 
         dk = _ring_pass_with_grad(k, ctx.group, world, key_grads, a)
         return (dq.reshape(b, hq, ls, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
-def rsa_attention(q, k, v, *, group, layout, causal: bool, scale: float):
+def rsa_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):
     """This rank's output of Ring Self-Attention over ``group``."""
     rank, world = group_rank_size(group)
     length = q.shape[2] * world
     kv_pos = [layout.global_positions(r, world, length, q.device) for r in range(world)]
-    return RingSelfAttention.apply(q, k, v, group, kv_pos[rank], kv_pos, causal, scale)
+    doc_of = None
+    if documents is not None:
+        ends = torch.tensor([e for _, e in documents], device=q.device)
+        doc_of = lambda pos: torch.bucketize(pos, ends, right=True)  # document index
+    return RingSelfAttention.apply(q, k, v, group, kv_pos[rank], kv_pos, causal, scale, doc_of)

@@ -14,8 +14,9 @@ import torch.distributed as dist
 from ..comm import collective_device, group_rank_size
 from ..comm.compat import all_gather_flat
 from ..layout import LAYOUT_NAMES, get_layout
+from .plan import documents_from_cu_seqlens
 
-STRATEGIES = ("rsa", "ring", "ulysses", "allgather")
+STRATEGIES = ("rsa", "ring", "ulysses", "allgather", "hybrid")
 _DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -66,7 +67,7 @@ def _signature(q, k, strategy, layout, causal) -> list[int]:
 
 def _cross_rank_problems(sigs: list[list[int]]) -> list[str]:
     fields = ["B", "Hq", "L_local", "D", "Hkv", "strategy", "layout", "causal", "dtype",
-              "layout block"]
+              "layout block", "(unused)", "cu_seqlens length", "cu_seqlens values"]
     problems = []
     for i, name in enumerate(fields):
         values = [s[i] for s in sigs]
@@ -76,39 +77,66 @@ def _cross_rank_problems(sigs: list[list[int]]) -> list[str]:
     return problems
 
 
-def _global_problems(q, k, strategy, layout, world) -> list[str]:
+def _global_problems(q, k, strategy, layout, world, heads_world, cu_seqlens) -> list[str]:
     problems = []
-    hq, hkv, ls = q.shape[1], k.shape[1], q.shape[2]
-    if strategy == "ulysses" and (hq % world or hkv % world):
-        problems.append(f"strategy='ulysses' needs Hq and Hkv divisible by the group size "
-                        f"P={world}, got Hq={hq}, Hkv={hkv}")
+    hq, ls = q.shape[1], q.shape[2]
+    if strategy in ("ulysses", "hybrid") and hq % heads_world:
+        what = "the group size" if strategy == "ulysses" else "the mesh's ulysses size"
+        fix = (" (use strategy='hybrid' with a smaller ulysses dim, or 'ring')"
+               if strategy == "ulysses" else "")
+        problems.append(f"strategy={strategy!r} needs Hq divisible by {what} "
+                        f"P={heads_world}, got Hq={hq}{fix}")
     lay = get_layout(layout)
     granule = lay.granule(world)
     if (ls * world) % granule:
         problems.append(f"layout={lay.name!r} with P={world} needs the global length "
                         f"L={ls * world} (L_local={ls}) to be a multiple of {granule}")
+    if cu_seqlens is not None:
+        try:
+            documents_from_cu_seqlens(cu_seqlens, ls * world)
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
 
 
-def check_inputs(q, k, v, *, strategy, layout, causal, group) -> None:
-    """Raise ``ValueError`` (same message on every rank) if the call is invalid."""
-    rank, world = group_rank_size(group)
-    problems = [f"rank {rank}: {p}" for p in _local_problems(q, k, v, strategy, layout)]
-    if world > 1:
+def _cu_signature(cu_seqlens) -> list[int]:
+    if cu_seqlens is None:
+        return [0, 0]
+    vals = [int(x) for x in cu_seqlens.tolist()]
+    return [len(vals), sum((i + 1) * x for i, x in enumerate(vals)) % (1 << 61)]
+
+
+def check_inputs(q, k, v, *, strategy, layout, causal, groups, world, heads_world,
+                 cu_seqlens=None) -> None:
+    """Raise ``ValueError`` (same message on every rank) if the call is invalid.
+
+    ``groups``: the process groups the call spans, checked in rounds (for a
+    hybrid mesh: ulysses then ring, which together reach every rank).
+    """
+    problems = _local_problems(q, k, v, strategy, layout)
+    if cu_seqlens is not None and not isinstance(cu_seqlens, torch.Tensor):
+        problems.append(f"cu_seqlens must be an int tensor, got {type(cu_seqlens).__name__}")
+        cu_seqlens = None
+    me = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    problems = [f"rank {me}: {p}" for p in problems]
+    for group in groups:
+        _, size = group_rank_size(group)
+        if size == 1:
+            continue
         device = collective_device(group)
-        mine = torch.tensor([len(problems), *_signature(q, k, strategy, layout, causal)],
-                            dtype=torch.int64, device=device)
-        table = torch.empty(world * mine.numel(), dtype=torch.int64, device=device)
+        sig = _signature(q, k, strategy, layout, causal) + _cu_signature(cu_seqlens)
+        mine = torch.tensor([len(problems), *sig], dtype=torch.int64, device=device)
+        table = torch.empty(size * mine.numel(), dtype=torch.int64, device=device)
         all_gather_flat(table, mine, group=group)
-        rows = table.view(world, -1).tolist()
+        rows = table.view(size, -1).tolist()
         if any(r[0] for r in rows):
-            # someone has a local problem: share the messages (rare, error path only)
-            messages: list = [None] * world
+            # someone has a problem: share the messages (rare, error path only)
+            messages: list = [None] * size
             dist.all_gather_object(messages, problems, group=group)
-            problems = [p for msgs in messages for p in msgs]
+            problems = list(dict.fromkeys(p for msgs in messages for p in msgs))
         else:
             problems = _cross_rank_problems([r[1:] for r in rows])
     if not problems:
-        problems = _global_problems(q, k, strategy, layout, world)
+        problems = _global_problems(q, k, strategy, layout, world, heads_world, cu_seqlens)
     if problems:
         raise ValueError("seqpar.attention: invalid input: " + "; ".join(problems))

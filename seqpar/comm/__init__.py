@@ -10,7 +10,15 @@ from .collectives import (
     reduce_scatter_seq,
     seq_to_heads,
 )
-from .groups import DEFAULT_TIMEOUT, collective_device, group_rank_size, resolve_group
+from .groups import (
+    DEFAULT_TIMEOUT,
+    collective_device,
+    group_rank_size,
+    hybrid_groups,
+    is_hybrid_mesh,
+    resolve_group,
+    seq_rank_size,
+)
 from .ring import RingExchange
 from .stats import CommCounter, count_bytes, record
 
@@ -27,8 +35,11 @@ __all__ = [
     "count_bytes",
     "group_rank_size",
     "heads_to_seq",
+    "hybrid_groups",
+    "is_hybrid_mesh",
     "record",
     "reduce_scatter_seq",
     "resolve_group",
+    "seq_rank_size",
     "seq_to_heads",
 ]

@@ -48,3 +48,28 @@ def collective_device(group: dist.ProcessGroup | None) -> torch.device:
     if group is not None and dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def is_hybrid_mesh(group: object) -> bool:
+    """A 2-D DeviceMesh with dims named ``ulysses`` and ``ring``."""
+    names = getattr(group, "mesh_dim_names", None) or ()
+    return getattr(group, "ndim", None) == 2 and set(names) == {"ulysses", "ring"}
+
+
+def hybrid_groups(mesh) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
+    """(ulysses group, ring group) of a hybrid mesh."""
+    return mesh.get_group("ulysses"), mesh.get_group("ring")
+
+
+def seq_rank_size(group: object | None) -> tuple[int, int]:
+    """Which slice of the sequence this rank holds, and how many slices there are.
+
+    For a 1-D group that is its rank; for a hybrid mesh the ring dim is major:
+    rank ``(u, r)`` holds slice ``r * U + u`` of ``U * R``, so that after the
+    Ulysses all-to-all a ring member holds one contiguous run of slices.
+    """
+    if is_hybrid_mesh(group):
+        ug, rg = hybrid_groups(group)
+        (u, size_u), (r, size_r) = group_rank_size(ug), group_rank_size(rg)
+        return r * size_u + u, size_u * size_r
+    return group_rank_size(resolve_group(group))
