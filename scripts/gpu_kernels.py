@@ -1,0 +1,134 @@
+"""One-GPU check of the CUDA block kernels (cuDNN, flash) against the fp32
+reference, incl. GQA and the plan path, plus a timing of the single-device
+path vs plain SDPA. Usage: python scripts/gpu_kernels.py [out.json]"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import seqpar
+from seqpar.attention.blockwise import PlannedAttention
+from seqpar.attention.plan import make_plan
+from seqpar.kernels import cuda as ck
+from seqpar.kernels import reference as ref
+
+dev = torch.device("cuda")
+results = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "checks": [],
+           "timing": []}
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def check_kernels():
+    for name, fwd, bwd in (("cudnn", ck.cudnn_forward, ck.cudnn_backward),
+                           ("flash", ck.flash_forward, ck.flash_backward)):
+        for hq, hkv in ((8, 8), (8, 2)):
+            for causal in (False, True):
+                for lq, lk in ((256, 256), (256, 512)) if not causal else ((256, 256),):
+                    q = torch.randn(2, hq, lq, 128, device=dev, dtype=torch.bfloat16)
+                    k = torch.randn(2, hkv, lk, 128, device=dev, dtype=torch.bfloat16)
+                    v = torch.randn_like(k)
+                    do = torch.randn_like(q)
+                    s = 128 ** -0.5
+                    row = dict(kernel=name, hq=hq, hkv=hkv, causal=causal, lq=lq, lk=lk)
+                    try:
+                        o, lse = fwd(q, k, v, scale=s, causal=causal)
+                        ro, rlse = ref.forward(q, k, v, scale=s, causal=causal)
+                        g = bwd(do, q, k, v, o, lse, scale=s, causal=causal)
+                        rg = ref.backward(do, q, k, v, o, lse, scale=s, causal=causal)
+                        row.update(out=rel(o, ro), lse=rel(lse, rlse),
+                                   dq=rel(g[0], rg[0]), dk=rel(g[1], rg[1]), dv=rel(g[2], rg[2]),
+                                   lse_shape=list(lse.shape))
+                    except Exception as exc:  # noqa: BLE001
+                        row["error"] = repr(exc)[:500]
+                    results["checks"].append(row)
+                    print(row, flush=True)
+
+
+def check_plan_path():
+    # one device, seqpar.attention with docs and zigzag-like split plans vs SDPA
+    for causal in (False, True):
+        q = torch.randn(1, 8, 1024, 128, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(1, 2, 1024, 128, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn_like(k, requires_grad=True)
+        do = torch.randn_like(q)
+        plan = make_plan([(0, 256), (768, 256)], [(0, 512), (512, 512)], causal)
+        qs = torch.cat([q[:, :, :256], q[:, :, 768:]], 2)
+        out = PlannedAttention.apply(qs, k, v, plan, 128 ** -0.5)
+        qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+        r = F.scaled_dot_product_attention(qd, kd, vd, is_causal=causal, enable_gqa=True)
+        rs = torch.cat([r[:, :, :256], r[:, :, 768:]], 2)
+        dos = torch.cat([do[:, :, :256], do[:, :, 768:]], 2)
+        out.backward(dos)
+        rs.backward(dos.double())
+        row = dict(check="plan", causal=causal, out=rel(out, rs), dq=rel(q.grad, qd.grad),
+                   dk=rel(k.grad, kd.grad), dv=rel(v.grad, vd.grad),
+                   backend=seqpar.kernels.chosen_backend(qs, k, causal))
+        results["checks"].append(row)
+        print(row, flush=True)
+
+
+def bench(fn, iters=10):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def timing():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    for length in (8192, 32768):
+        for hkv in (32, 8):
+            q = torch.randn(1, 32, length, 128, device=dev, dtype=torch.bfloat16,
+                            requires_grad=True)
+            k = torch.randn(1, hkv, length, 128, device=dev, dtype=torch.bfloat16,
+                            requires_grad=True)
+            v = torch.randn_like(k, requires_grad=True)
+            do = torch.randn_like(q)
+            flops = 3.5 * 4 * 32 * length * length * 128 / 2
+            row = dict(L=length, hkv=hkv)
+
+            def ours():
+                seqpar.attention(q, k, v, causal=True).backward(do)
+
+            row["seqpar_ms"] = bench(ours)
+            for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION),
+                             ("flash", SDPBackend.FLASH_ATTENTION)):
+                def sd():
+                    with sdpa_kernel(be):
+                        F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                       enable_gqa=hkv != 32).backward(do)
+                try:
+                    row[f"sdpa_{name}_ms"] = bench(sd)
+                except Exception as exc:  # noqa: BLE001
+                    row[f"sdpa_{name}_error"] = repr(exc)[:300]
+            for key in list(row):
+                if key.endswith("_ms"):
+                    row[key.replace("_ms", "_tflops")] = flops / row[key] / 1e9
+            results["timing"].append(row)
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    check_kernels()
+    check_plan_path()
+    timing()
+    results["seconds"] = time.time() - t0
+    with open(sys.argv[1] if len(sys.argv) > 1 else "gpu_kernels.json", "w") as f:
+        json.dump(results, f, indent=1)
