@@ -64,6 +64,12 @@ def backward_blocks(dout, q, k, v, out, lse, plan: list[Block], scale: float,
         dv[:, :, cols] += gv
 
 
+def _is_whole(plan: list[Block], q: torch.Tensor, k: torch.Tensor) -> bool:
+    """True when the plan is one block covering every query row and kv column."""
+    return (len(plan) == 1 and plan[0].q0 == 0 and plan[0].q1 == q.shape[2]
+            and plan[0].k0 == 0 and plan[0].k1 == k.shape[2])
+
+
 class PlannedAttention(torch.autograd.Function):
     """Attention of local queries against a local kv buffer, following a plan.
 
@@ -74,16 +80,25 @@ class PlannedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, plan, scale):
-        acc = Accumulator(q)
-        forward_blocks(acc, q, k, v, plan, scale)
-        out = acc.out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, acc.lse)
         ctx.plan, ctx.scale = plan, scale
+        ctx.whole = _is_whole(plan, q, k)
+        if ctx.whole:  # one block over everything: the kernel's own output, no merge
+            out, lse = block_forward(q, k, v, scale=scale, causal=plan[0].causal)
+            out = out.to(q.dtype)
+        else:
+            acc = Accumulator(q)
+            forward_blocks(acc, q, k, v, plan, scale)
+            out, lse = acc.out.to(q.dtype), acc.lse
+        ctx.save_for_backward(q, k, v, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
+        if ctx.whole:  # gradients straight from the kernel, no fp32 round trip
+            dq, dk, dv = block_backward(dout.contiguous(), q, k, v, out, lse, scale=ctx.scale,
+                                        causal=ctx.plan[0].causal)
+            return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
         a = acc_dtype(q.dtype)
         dq = torch.zeros(q.shape, dtype=a, device=q.device)
         dk = torch.zeros(k.shape, dtype=a, device=k.device)

@@ -32,8 +32,28 @@ def _empty_seed(device) -> torch.Tensor:
     return torch.empty((), dtype=torch.long, device=device)
 
 
+#: Whether the cuDNN op takes Hkv < Hq as is (GQA without repeating K/V);
+#: None until the first GQA call finds out.
+_cudnn_native_gqa: bool | None = None
+
+
+def _cudnn_kv(q, k, v):
+    """K/V as the cuDNN op will take them: native GQA when it works, else repeated."""
+    if k.shape[1] == q.shape[1] or _cudnn_native_gqa:
+        return k, v
+    return _expand_kv(q, k, v)
+
+
 def cudnn_forward(q, k, v, *, scale: float, causal: bool):
-    ke, ve = _expand_kv(q, k, v)
+    global _cudnn_native_gqa
+    if k.shape[1] != q.shape[1] and _cudnn_native_gqa is None:
+        try:
+            res = aten._scaled_dot_product_cudnn_attention(
+                q, k, v, None, True, 0.0, causal, False, scale=scale)
+            _cudnn_native_gqa = True
+        except RuntimeError:
+            _cudnn_native_gqa = False
+    ke, ve = _cudnn_kv(q, k, v)
     res = aten._scaled_dot_product_cudnn_attention(
         q, ke, ve, None, True, 0.0, causal, False, scale=scale
     )
@@ -43,7 +63,7 @@ def cudnn_forward(q, k, v, *, scale: float, causal: bool):
 
 
 def cudnn_backward(dout, q, k, v, out, lse, *, scale: float, causal: bool):
-    ke, ve = _expand_kv(q, k, v)
+    ke, ve = _cudnn_kv(q, k, v)
     seed = _empty_seed(q.device)
     dq, dk, dv = aten._scaled_dot_product_cudnn_attention_backward(
         dout.contiguous(), q, ke, ve, out.contiguous(),
