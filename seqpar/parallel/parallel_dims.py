@@ -1,0 +1,119 @@
+"""One validated dataclass of parallel degrees, and the named DeviceMesh it builds.
+
+Everything that can be known before a process group exists is checked here,
+so a bad configuration is a ``ValueError`` that lists every degree, raised on
+every rank (or in the launcher) before any collective could hang.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..attention import STRATEGIES
+from ..layout import LAYOUT_NAMES, get_layout
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """Degrees of data (``dp``), sequence (``sp``) and tensor (``tp``) parallelism.
+
+    ``strategy``/``layout`` say how attention runs over the sp group. For
+    ``strategy="hybrid"`` (when the attention package provides it) ``ulysses``
+    x ``ring`` must equal ``sp``. Mesh order is ``("dp", "sp", "tp")``: tp
+    innermost, so a tp group is the closest ranks (one NVLink island).
+    """
+
+    dp: int = 1
+    sp: int = 1
+    tp: int = 1
+    strategy: str = "ring"
+    layout: str = "contiguous"
+    ulysses: int | None = None
+    ring: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.sp * self.tp
+
+    def describe(self) -> str:
+        extra = f", ulysses={self.ulysses}, ring={self.ring}" if self.strategy == "hybrid" else ""
+        return (f"dp={self.dp}, sp={self.sp}, tp={self.tp}, strategy={self.strategy!r}, "
+                f"layout={self.layout!r}{extra}")
+
+    def problems(self, world_size: int | None = None, *, n_heads: int | None = None,
+                 n_kv_heads: int | None = None, ffn_dim: int | None = None,
+                 seq_len: int | None = None, batch_size: int | None = None) -> list[str]:
+        """Every reason this configuration cannot run (empty when it can)."""
+        out = []
+        for name in ("dp", "sp", "tp"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                out.append(f"{name}={v!r} must be a positive integer")
+        if out:
+            return out
+        if world_size is not None and self.world_size != world_size:
+            out.append(f"dp*sp*tp = {self.dp}*{self.sp}*{self.tp} = {self.world_size} "
+                       f"!= world size {world_size}")
+        if self.strategy not in STRATEGIES:
+            out.append(f"unknown strategy {self.strategy!r}; this build has {STRATEGIES}")
+        elif self.strategy == "hybrid":
+            u, r = self.ulysses, self.ring
+            if u is None or r is None or u * r != self.sp:
+                out.append(f"strategy='hybrid' needs ulysses*ring == sp, got ulysses={u}, "
+                           f"ring={r}, sp={self.sp}")
+        if self.layout not in LAYOUT_NAMES:
+            out.append(f"unknown layout {self.layout!r}; choose one of {LAYOUT_NAMES}")
+        for name, v in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads), ("ffn_dim", ffn_dim)):
+            if v is not None and v % self.tp:
+                out.append(f"{name}={v} is not divisible by tp={self.tp}")
+        heads_split = {"ulysses": self.sp, "hybrid": self.ulysses}.get(self.strategy)
+        if heads_split:
+            for name, v in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+                if v is not None and v % self.tp == 0 and (v // self.tp) % heads_split:
+                    out.append(f"strategy={self.strategy!r} splits heads {heads_split} ways: "
+                               f"{name}/tp = {v}/{self.tp} = {v // self.tp} is not divisible "
+                               f"by {heads_split}")
+        if seq_len is not None and self.layout in LAYOUT_NAMES:
+            granule = get_layout(self.layout).granule(self.sp)
+            if seq_len % granule:
+                out.append(f"layout={self.layout!r} with sp={self.sp} needs seq_len divisible "
+                           f"by {granule}, got {seq_len}")
+            elif (seq_len // self.sp) % self.tp:
+                out.append(f"TP sequence parallelism needs seq_len/sp = {seq_len // self.sp} "
+                           f"divisible by tp={self.tp}")
+        if batch_size is not None and batch_size % self.dp:
+            out.append(f"batch_size={batch_size} (global) is not divisible by dp={self.dp}")
+        return out
+
+    def validate(self, world_size: int | None = None, *, model=None, seq_len: int | None = None,
+                 batch_size: int | None = None) -> ParallelDims:
+        """Raise ``ValueError`` naming every degree if the configuration cannot run.
+
+        ``model`` is a :class:`~seqpar.models.ModelConfig` (or anything with
+        ``n_heads``, ``n_kv_heads``, ``ffn_dim``). Returns ``self``.
+        """
+        found = self.problems(world_size, n_heads=getattr(model, "n_heads", None),
+                              n_kv_heads=getattr(model, "n_kv_heads", None),
+                              ffn_dim=getattr(model, "ffn_dim", None), seq_len=seq_len,
+                              batch_size=batch_size)
+        if found:
+            ws = f", world_size={world_size}" if world_size is not None else ""
+            raise ValueError(f"invalid parallel configuration ({self.describe()}{ws}): "
+                             + "; ".join(found))
+        return self
+
+    def build_mesh(self, device_type: str = "cpu"):
+        """The world's ``DeviceMesh`` with dims ``("dp", "sp", "tp")``.
+
+        For ``hybrid`` the sp dim is itself ``("ulysses", "ring")``: the mesh is
+        built 4-D and the two are flattened into ``"sp"``.
+        """
+        from torch.distributed.device_mesh import init_device_mesh
+
+        if self.strategy == "hybrid":
+            mesh = init_device_mesh(device_type, (self.dp, self.ulysses, self.ring, self.tp),
+                                    mesh_dim_names=("dp", "ulysses", "ring", "tp"))
+            mesh["ulysses", "ring"]._flatten("sp")
+            return mesh
+        return init_device_mesh(device_type, (self.dp, self.sp, self.tp),
+                                mesh_dim_names=("dp", "sp", "tp"))

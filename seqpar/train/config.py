@@ -1,0 +1,71 @@
+"""Training configuration: one dataclass whose fields are the CLI options and TOML keys."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. ``None`` degrees are filled in by :meth:`resolve`."""
+
+    model: str = "tiny"
+    seq_len: int = 1024
+    batch_size: int = 8
+    steps: int = 300
+    lr: float = 3e-3
+    seed: int = 0
+    nproc: int | None = None
+    dp: int | None = None
+    sp: int | None = None
+    tp: int | None = None
+    strategy: str = "ring"
+    layout: str = "zigzag"
+    dtype: str | None = None
+    metrics: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    resume: str | bool = False
+    data: str = "passkey"
+    warmup: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    fsdp: bool = True
+    activation_checkpointing: bool = False
+    log_every: int = 10
+    keep_checkpoints: int = 2
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolve(self, world_size: int, *, cuda: bool) -> TrainConfig:
+        """Fill in unset degrees: ``dp`` and ``tp`` default to 1, ``sp`` takes the rest
+        (or dp takes the rest when sp is given). ``dtype``: bf16 on GPUs, fp32 on CPU."""
+        cfg = TrainConfig(**self.to_dict())
+        dp, sp, tp = cfg.dp, cfg.sp, cfg.tp
+        tp = tp or 1
+        if sp is None:
+            dp = dp or 1
+            sp = max(1, world_size // (dp * tp))
+        elif dp is None:
+            dp = max(1, world_size // (sp * tp))
+        cfg.dp, cfg.sp, cfg.tp = dp, sp, tp
+        if cfg.dtype is None:
+            cfg.dtype = "bfloat16" if cuda else "float32"
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {cfg.dtype!r}; choose one of {tuple(DTYPES)}")
+        return cfg
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype or "float32"]
