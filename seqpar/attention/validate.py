@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from ..comm import collective_device, group_rank_size
 from ..comm.compat import all_gather_flat
-from ..layout import LAYOUT_NAMES, get_layout
+from ..layout import LAYOUT_NAMES, Layout, get_layout
 from .plan import documents_from_cu_seqlens
 
 STRATEGIES = ("rsa", "ring", "ulysses", "allgather", "hybrid")
@@ -56,7 +56,8 @@ def _signature(q, k, strategy, layout, causal) -> list[int]:
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor)
             and q.dim() == 4 and k.dim() == 4):
         return [-1] * 11
-    lay = get_layout(layout) if isinstance(layout, str) and layout in LAYOUT_NAMES else None
+    lay = (layout if isinstance(layout, Layout)
+           else get_layout(layout) if layout in LAYOUT_NAMES else None)
     return [*q.shape, *k.shape[1:2],
             STRATEGIES.index(strategy) if strategy in STRATEGIES else -1,
             LAYOUT_NAMES.index(lay.name) if lay is not None else -1,
