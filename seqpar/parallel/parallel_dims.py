@@ -18,8 +18,8 @@ class ParallelDims:
     """Degrees of data (``dp``), sequence (``sp``) and tensor (``tp``) parallelism.
 
     ``strategy``/``layout`` say how attention runs over the sp group. For
-    ``strategy="hybrid"`` (when the attention package provides it) ``ulysses``
-    x ``ring`` must equal ``sp``. Mesh order is ``("dp", "sp", "tp")``: tp
+    ``strategy="hybrid"`` ``ulysses`` x ``ring`` must equal ``sp`` (all-to-all
+    over ``ulysses`` ranks, ring over ``ring`` ranks). Mesh order is ``("dp", "sp", "tp")``: tp
     innermost, so a tp group is the closest ranks (one NVLink island).
     """
 
@@ -66,13 +66,13 @@ class ParallelDims:
         for name, v in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads), ("ffn_dim", ffn_dim)):
             if v is not None and v % self.tp:
                 out.append(f"{name}={v} is not divisible by tp={self.tp}")
+        # Ulysses splits the query heads (kv heads are replicated when there are fewer)
         heads_split = {"ulysses": self.sp, "hybrid": self.ulysses}.get(self.strategy)
-        if heads_split:
-            for name, v in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-                if v is not None and v % self.tp == 0 and (v // self.tp) % heads_split:
-                    out.append(f"strategy={self.strategy!r} splits heads {heads_split} ways: "
-                               f"{name}/tp = {v}/{self.tp} = {v // self.tp} is not divisible "
-                               f"by {heads_split}")
+        if heads_split and n_heads is not None and n_heads % self.tp == 0 \
+                and (n_heads // self.tp) % heads_split:
+            out.append(f"strategy={self.strategy!r} splits heads {heads_split} ways: "
+                       f"n_heads/tp = {n_heads}/{self.tp} = {n_heads // self.tp} is not "
+                       f"divisible by {heads_split}")
         if seq_len is not None and self.layout in LAYOUT_NAMES:
             granule = get_layout(self.layout).granule(self.sp)
             if seq_len % granule:
@@ -105,15 +105,17 @@ class ParallelDims:
     def build_mesh(self, device_type: str = "cpu"):
         """The world's ``DeviceMesh`` with dims ``("dp", "sp", "tp")``.
 
-        For ``hybrid`` the sp dim is itself ``("ulysses", "ring")``: the mesh is
-        built 4-D and the two are flattened into ``"sp"``.
+        For ``hybrid`` the sp dim is itself ``("ring", "ulysses")``: the mesh is
+        built 4-D and the two are flattened into ``"sp"``, ring-major, so that sp
+        rank ``r * U + u`` is the sequence slice the hybrid attention expects on
+        mesh coordinate ``(u, r)``.
         """
         from torch.distributed.device_mesh import init_device_mesh
 
         if self.strategy == "hybrid":
-            mesh = init_device_mesh(device_type, (self.dp, self.ulysses, self.ring, self.tp),
-                                    mesh_dim_names=("dp", "ulysses", "ring", "tp"))
-            mesh["ulysses", "ring"]._flatten("sp")
+            mesh = init_device_mesh(device_type, (self.dp, self.ring, self.ulysses, self.tp),
+                                    mesh_dim_names=("dp", "ring", "ulysses", "tp"))
+            mesh["ring", "ulysses"]._flatten("sp")
             return mesh
         return init_device_mesh(device_type, (self.dp, self.sp, self.tp),
                                 mesh_dim_names=("dp", "sp", "tp"))

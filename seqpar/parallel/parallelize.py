@@ -74,7 +74,17 @@ class Parallelized:
 
     @property
     def _dp_sp(self):
+        if self.dims.strategy == "hybrid":
+            return self.mesh["dp", "ring", "ulysses"]._flatten("dp_sp")
         return self.mesh["dp", "sp"]._flatten("dp_sp")
+
+    @property
+    def sp_mesh(self):
+        """What attention and data sharding take as ``group``: the 2-D
+        ``("ring", "ulysses")`` mesh for ``hybrid``, else the sp process group."""
+        if self.mesh is not None and self.dims.strategy == "hybrid":
+            return self.mesh["ring", "ulysses"]
+        return self.group("sp")
 
     def local_rank(self, name: str) -> int:
         """This rank's coordinate along a mesh dim (0 without torch.distributed)."""
@@ -195,13 +205,9 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
     if dims.tp > 1:
         par.tp_sharded = apply_tensor_parallel(model, par.group("tp"))
     # 2. attention over the sp group
-    if dims.strategy == "hybrid" and mesh is not None:
-        attn_group = mesh["ulysses", "ring"]
-    else:
-        attn_group = par.group("sp")
     if mesh is not None and group_rank_size(par.group("sp"))[1] != dims.sp:
         raise ValueError(f"mesh sp size {group_rank_size(par.group('sp'))[1]} != sp={dims.sp}")
-    model.set_attention(SequenceParallelAttention(dims.strategy, attn_group, dims.layout))
+    model.set_attention(SequenceParallelAttention(dims.strategy, par.sp_mesh, dims.layout))
     # 3. activation checkpointing
     if activation_checkpointing:
         apply_activation_checkpointing(model)

@@ -124,7 +124,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, par: Parallelized,
     state["train"] = {"step": torch.tensor(step), "rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["train"]["cuda_rng"] = torch.cuda.get_rng_state()
-    dcp.save(state, checkpoint_id=str(tmp))
+    dcp.save(state, checkpoint_id=str(tmp), no_dist=not _is_dist())
     _barrier()
     if _rank() == 0:
         if final.exists():
@@ -174,7 +174,7 @@ def load_checkpoint(path: str | Path, par: Parallelized,
     ensure_optimizer_state(optimizer)
     state, links = _state(par, optimizer)
     state["train"] = {"step": torch.tensor(0), "rng": torch.get_rng_state()}
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, checkpoint_id=str(path), no_dist=not _is_dist())
     with torch.no_grad():
         for name, target, view in links:
             _copy_back(par, name, target, view)

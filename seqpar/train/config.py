@@ -15,10 +15,10 @@ class TrainConfig:
     """Everything a run needs. ``None`` degrees are filled in by :meth:`resolve`."""
 
     model: str = "tiny"
-    seq_len: int = 1024
+    seq_len: int = 512
     batch_size: int = 8
-    steps: int = 300
-    lr: float = 3e-3
+    steps: int = 600
+    lr: float = 1e-2
     seed: int = 0
     nproc: int | None = None
     dp: int | None = None
@@ -26,6 +26,8 @@ class TrainConfig:
     tp: int | None = None
     strategy: str = "ring"
     layout: str = "zigzag"
+    ulysses: int | None = None
+    ring: int | None = None
     dtype: str | None = None
     metrics: str | None = None
     checkpoint_dir: str | None = None
@@ -60,11 +62,25 @@ class TrainConfig:
         elif dp is None:
             dp = max(1, world_size // (sp * tp))
         cfg.dp, cfg.sp, cfg.tp = dp, sp, tp
+        if cfg.strategy == "hybrid":
+            if cfg.ulysses is None and cfg.ring is None:
+                cfg.ulysses = 2 if sp % 2 == 0 and sp > 2 else 1
+            if cfg.ring is None:
+                cfg.ring = sp // cfg.ulysses if cfg.ulysses else None
+            elif cfg.ulysses is None:
+                cfg.ulysses = sp // cfg.ring if cfg.ring else None
         if cfg.dtype is None:
             cfg.dtype = "bfloat16" if cuda else "float32"
         if cfg.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {cfg.dtype!r}; choose one of {tuple(DTYPES)}")
         return cfg
+
+    def parallel_dims(self):
+        """The :class:`~seqpar.parallel.ParallelDims` of this (resolved) config."""
+        from ..parallel import ParallelDims
+
+        return ParallelDims(dp=self.dp, sp=self.sp, tp=self.tp, strategy=self.strategy,
+                            layout=self.layout, ulysses=self.ulysses, ring=self.ring)
 
     @property
     def torch_dtype(self) -> torch.dtype:

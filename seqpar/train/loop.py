@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ..data import make_dataset, shard_batch
 from ..models import build_model, model_config
-from ..parallel import ParallelDims, Parallelized, parallelize
+from ..parallel import Parallelized, parallelize
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .loss import sp_exact_loss
@@ -65,8 +65,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object, object]:
     """Dataset, model and its parallel handle, built identically on every rank."""
     _, world = _world()
-    dims = ParallelDims(dp=cfg.dp, sp=cfg.sp, tp=cfg.tp, strategy=cfg.strategy,
-                        layout=cfg.layout)
+    dims = cfg.parallel_dims()
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
     mcfg = model_config(cfg.model, vocab_size=dataset.vocab_size)
@@ -134,7 +133,7 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     autocast = torch.autocast(device.type, dtype=cfg.torch_dtype,
                               enabled=cfg.torch_dtype != torch.float32)
     dp_rank, tp_rank = par.local_rank("dp"), par.local_rank("tp")
-    sp_group = par.group("sp")
+    sp_group = par.sp_mesh  # hybrid: the 2-D mesh, whose slice order shard() knows
     metrics = _Metrics(cfg.metrics, rank)
     result = TrainResult(start_step=start, chance=getattr(dataset, "chance", 0.0))
     show = rank == 0 and not quiet
