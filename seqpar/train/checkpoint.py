@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,6 +40,14 @@ def _is_dist() -> bool:
 
 def _rank() -> int:
     return dist.get_rank() if _is_dist() else 0
+
+
+@contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """DCP warns that it runs in one process even when told so (``no_dist``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _barrier() -> None:
@@ -60,8 +71,9 @@ def _global_view(par: Parallelized, name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def _copy_back(par: Parallelized, name: str, target: torch.Tensor, view: torch.Tensor) -> None:
-    """Write a loaded global view back into the live parameter / optimizer state."""
-    if view is target:
+    """Write a loaded global view back into the live parameter / optimizer state
+    (only TP shards need it: DCP loaded everything else in place)."""
+    if name not in par.tp_sharded or par.dims.tp == 1:
         return
     from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -124,7 +136,8 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, par: Parallelized,
     state["train"] = {"step": torch.tensor(step), "rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["train"]["cuda_rng"] = torch.cuda.get_rng_state()
-    dcp.save(state, checkpoint_id=str(tmp), no_dist=not _is_dist())
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=str(tmp), no_dist=not _is_dist())
     _barrier()
     if _rank() == 0:
         if final.exists():
@@ -174,7 +187,8 @@ def load_checkpoint(path: str | Path, par: Parallelized,
     ensure_optimizer_state(optimizer)
     state, links = _state(par, optimizer)
     state["train"] = {"step": torch.tensor(0), "rng": torch.get_rng_state()}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not _is_dist())
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not _is_dist())
     with torch.no_grad():
         for name, target, view in links:
             _copy_back(par, name, target, view)
