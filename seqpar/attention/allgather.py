@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..comm import all_gather_seq, group_rank_size
+from ..layout import Contiguous
 from .blockwise import PlannedAttention
 from .plan import make_plan
 
@@ -22,6 +23,16 @@ def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
     length = q.shape[2] * world
     # 2 x (B, Hkv, Ls, D) -> (2, B, Hkv, Ls, D) -> gathered along seq: (2, B, Hkv, L, D)
     kv = all_gather_seq(torch.stack([k, v]), 3, group)
-    kv_segments = [seg for r in range(world) for seg in layout.segments(r, world, length)]
+    if not isinstance(layout, Contiguous) and (causal or documents is not None):
+        # rank order -> global order: each query run then needs one full block and one
+        # diagonal block instead of one per (query run, kv run) pair
+        order = torch.cat([layout.global_positions(r, world, length, q.device)
+                           for r in range(world)])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(length, device=q.device)
+        kv = kv.index_select(3, inverse)
+        kv_segments = [(0, length)]
+    else:
+        kv_segments = [seg for r in range(world) for seg in layout.segments(r, world, length)]
     plan = make_plan(layout.segments(rank, world, length), kv_segments, causal, documents)
     return PlannedAttention.apply(q, kv[0], kv[1], plan, scale)

@@ -109,7 +109,35 @@ def make_plan(q_segments: Segments, kv_segments: Segments, causal: bool,
                 plan.extend(_causal_pair(a, n, qo, c, m, ko))
             else:
                 plan.extend(_document_pairs(a, n, qo, c, m, ko, causal, documents, starts))
-    return plan
+    return coalesce(plan)
+
+
+def coalesce(plan: list[Block]) -> list[Block]:
+    """Merge full blocks that abut: same kv columns and consecutive rows, or same rows
+    and consecutive columns. Under zigzag this turns a ring step's two half-blocks
+    into one kernel call (all queries x first kv half, or second query half x all kv)."""
+    changed = True
+    blocks = list(plan)
+    while changed:
+        changed = False
+        for i, x in enumerate(blocks):
+            if x.causal:
+                continue
+            for j, y in enumerate(blocks):
+                if j == i or y.causal:
+                    continue
+                if (x.k0, x.k1) == (y.k0, y.k1) and x.q1 == y.q0:
+                    merged = Block(x.q0, y.q1, x.k0, x.k1, False)
+                elif (x.q0, x.q1) == (y.q0, y.q1) and x.k1 == y.k0:
+                    merged = Block(x.q0, x.q1, x.k0, y.k1, False)
+                else:
+                    continue
+                blocks = [b for t, b in enumerate(blocks) if t not in (i, j)] + [merged]
+                changed = True
+                break
+            if changed:
+                break
+    return sorted(blocks, key=lambda b: (b.q0, b.k0))
 
 
 def documents_from_cu_seqlens(cu_seqlens, length: int) -> list[tuple[int, int]]:

@@ -48,14 +48,18 @@ class RingAttention(torch.autograd.Function):
         kv_ring, grad_ring = RingExchange(ctx.group), RingExchange(ctx.group)
         kv = torch.stack([k, v])  # (2, B, Hkv, Ls, D)
         dq = torch.zeros(q.shape, dtype=a, device=q.device)
+        local = torch.empty(kv.shape, dtype=a, device=q.device)  # (2, B, Hkv, Ls, D)
         dkv = None
         for step in range(world):
             if step + 1 < world:
                 kv_ring.start(kv)
-            # dK/dV of the block held now: (2, B, Hkv, Ls, D) in fp32, from the previous rank
-            dkv = grad_ring.wait() if step > 0 else torch.zeros(kv.shape, dtype=a, device=q.device)
+            # this rank's share of the held block's dK/dV, computed while the running
+            # accumulator is still on its way from the previous rank
+            local.zero_()
             backward_blocks(dout, q, kv[0], kv[1], out, lse, ctx.plans[step], ctx.scale,
-                            dq, dkv[0], dkv[1])
+                            dq, local[0], local[1])
+            # dK/dV accumulated so far for the held block: (2, B, Hkv, Ls, D) fp32
+            dkv = grad_ring.wait().add_(local) if step > 0 else local.clone()
             grad_ring.start(dkv)  # onward; after P hops each block's grads are home
             if step + 1 < world:
                 kv = kv_ring.wait()
