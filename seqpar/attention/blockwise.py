@@ -70,38 +70,47 @@ def _is_whole(plan: list[Block], q: torch.Tensor, k: torch.Tensor) -> bool:
             and plan[0].k0 == 0 and plan[0].k1 == k.shape[2])
 
 
+def plan_forward(q, k, v, plan: list[Block], scale: float):
+    """``(out, lse)`` of local queries against a local kv buffer; out in q's dtype."""
+    if _is_whole(plan, q, k):  # one block over everything: the kernel's own output
+        out, lse = block_forward(q, k, v, scale=scale, causal=plan[0].causal)
+        return out.to(q.dtype), lse
+    acc = Accumulator(q)
+    forward_blocks(acc, q, k, v, plan, scale)
+    return acc.out.to(q.dtype), acc.lse
+
+
+def plan_backward(dout, q, k, v, out, lse, plan: list[Block], scale: float):
+    """``(dq, dk, dv)`` in the inputs' dtypes, accumulated in fp32 when several blocks."""
+    dout = dout.contiguous()
+    if _is_whole(plan, q, k):  # gradients straight from the kernel, no fp32 round trip
+        dq, dk, dv = block_backward(dout, q, k, v, out, lse, scale=scale,
+                                    causal=plan[0].causal)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    a = acc_dtype(q.dtype)
+    dq = torch.zeros(q.shape, dtype=a, device=q.device)
+    dk = torch.zeros(k.shape, dtype=a, device=k.device)
+    dv = torch.zeros(v.shape, dtype=a, device=v.device)
+    backward_blocks(dout, q, k, v, out, lse, plan, scale, dq, dk, dv)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
 class PlannedAttention(torch.autograd.Function):
     """Attention of local queries against a local kv buffer, following a plan.
 
     Forward: each block through the fastest kernel, merged by log-sum-exp in fp32.
     Backward: each block's gradients from the final output and lse, accumulated
-    in fp32 and cast once. Used for one device, Ulysses and all-gather.
+    in fp32 and cast once. Used for one device, all-gather and the hybrid's ring of one.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, plan, scale):
         ctx.plan, ctx.scale = plan, scale
-        ctx.whole = _is_whole(plan, q, k)
-        if ctx.whole:  # one block over everything: the kernel's own output, no merge
-            out, lse = block_forward(q, k, v, scale=scale, causal=plan[0].causal)
-            out = out.to(q.dtype)
-        else:
-            acc = Accumulator(q)
-            forward_blocks(acc, q, k, v, plan, scale)
-            out, lse = acc.out.to(q.dtype), acc.lse
+        out, lse = plan_forward(q, k, v, plan, scale)
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        if ctx.whole:  # gradients straight from the kernel, no fp32 round trip
-            dq, dk, dv = block_backward(dout.contiguous(), q, k, v, out, lse, scale=ctx.scale,
-                                        causal=ctx.plan[0].causal)
-            return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
-        a = acc_dtype(q.dtype)
-        dq = torch.zeros(q.shape, dtype=a, device=q.device)
-        dk = torch.zeros(k.shape, dtype=a, device=k.device)
-        dv = torch.zeros(v.shape, dtype=a, device=v.device)
-        backward_blocks(dout.contiguous(), q, k, v, out, lse, ctx.plan, ctx.scale, dq, dk, dv)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+        return (*plan_backward(dout, q, k, v, out, lse, ctx.plan, ctx.scale), None, None)

@@ -13,9 +13,10 @@ import math
 
 import torch
 
-from ..comm import group_rank_size, heads_to_seq, seq_to_heads
+from ..comm import group_rank_size
+from ..comm.collectives import start_heads_to_seq, start_seq_to_heads
 from ..layout import Contiguous
-from .blockwise import PlannedAttention
+from .blockwise import plan_backward, plan_forward
 from .plan import make_plan
 
 
@@ -30,6 +31,66 @@ def replicate_kv_heads(k: torch.Tensor, v: torch.Tensor, world: int):
     return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
 
 
+def pipeline_chunks(hq: int, hkv: int, world: int, most: int = 4) -> int:
+    """How many head chunks to pipeline: the largest ``c <= most`` dividing both
+    Hq/P and Hkv/P, so every chunk keeps whole GQA groups on every rank."""
+    per_rank = math.gcd(hq // world, hkv // world)
+    return max(c for c in range(1, most + 1) if per_rank % c == 0)
+
+
+class UlyssesAttention(torch.autograd.Function):
+    """Ulysses with its all-to-alls overlapped with attention, over head chunks.
+
+    Forward: start the seq->heads all-to-all of every chunk (q, k, v packed), then
+    for each chunk wait, attend over the full sequence, and start its heads->seq
+    all-to-all while the next chunk computes. Backward: the same pipeline with
+    dO in and (dQ, dK, dV) packed out. Bytes equal one unchunked Ulysses.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, group, chunks: int, seq_order, plan, scale: float):
+        inverse = None
+        if seq_order is not None:
+            inverse = torch.empty_like(seq_order)
+            inverse[seq_order] = torch.arange(seq_order.numel(), device=seq_order.device)
+        pending = [start_seq_to_heads(parts, group)
+                   for parts in zip(q.chunk(chunks, 1), k.chunk(chunks, 1), v.chunk(chunks, 1))]
+        saved, outgoing = [], []
+        for incoming in pending:
+            qh, kh, vh = incoming.wait()  # (B, H_c/P, L, D), L in group-rank order
+            if inverse is not None:  # -> global order: causal is one diagonal block
+                qh, kh, vh = (t.index_select(2, inverse) for t in (qh, kh, vh))
+            out_h, lse = plan_forward(qh, kh, vh, plan, scale)
+            saved += [qh, kh, vh, out_h, lse]
+            back = out_h.index_select(2, seq_order) if seq_order is not None else out_h
+            outgoing.append(start_heads_to_seq((back,), group))
+        # chunks of (B, Hq/C, Ls, D) -> (B, Hq, Ls, D)
+        out = torch.cat([o.wait()[0] for o in outgoing], dim=1)
+        ctx.save_for_backward(*saved)
+        ctx.group, ctx.chunks, ctx.plan, ctx.scale = group, chunks, plan, scale
+        ctx.seq_order, ctx.inverse = seq_order, inverse
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        saved = ctx.saved_tensors
+        seq_order, inverse = ctx.seq_order, ctx.inverse
+        pending = [start_seq_to_heads((d,), ctx.group) for d in dout.chunk(ctx.chunks, 1)]
+        outgoing = []
+        for c, incoming in enumerate(pending):
+            (dout_h,) = incoming.wait()  # (B, Hq_c/P, L, D)
+            if inverse is not None:
+                dout_h = dout_h.index_select(2, inverse)
+            qh, kh, vh, out_h, lse = saved[5 * c:5 * c + 5]
+            grads = plan_backward(dout_h, qh, kh, vh, out_h, lse, ctx.plan, ctx.scale)
+            if seq_order is not None:
+                grads = tuple(g.index_select(2, seq_order) for g in grads)
+            outgoing.append(start_heads_to_seq(grads, ctx.group))
+        parts = [o.wait() for o in outgoing]  # per chunk: (dq_c, dk_c, dv_c), seq-sharded
+        dq, dk, dv = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
+        return dq, dk, dv, None, None, None, None, None
+
+
 def heads_parallel(q, k, v, *, group, seq_order, causal: bool, scale: float,
                    documents=None):
     """Ulysses core over ``group``. ``seq_order`` (or None when already in order):
@@ -37,20 +98,10 @@ def heads_parallel(q, k, v, *, group, seq_order, causal: bool, scale: float,
     concatenation of the members' shards in group-rank order."""
     _, world = group_rank_size(group)
     k, v = replicate_kv_heads(k, v, world)
-    # (B, H, Ls, D) -> (B, H/P, P*Ls, D), the sequence axis in group-rank order
-    qh, kh, vh = seq_to_heads(q, k, v, group=group)
-    length = qh.shape[2]
-    if seq_order is not None:
-        # -> global order, so causal attention is one diagonal block
-        inverse = torch.empty_like(seq_order)
-        inverse[seq_order] = torch.arange(length, device=q.device)
-        qh, kh, vh = (t.index_select(2, inverse) for t in (qh, kh, vh))
+    length = q.shape[2] * world
     plan = make_plan([(0, length)], [(0, length)], causal, documents)
-    out = PlannedAttention.apply(qh, kh, vh, plan, scale)  # (B, Hq/P, L, D)
-    if seq_order is not None:
-        out = out.index_select(2, seq_order)  # global order -> group-rank order
-    (out,) = heads_to_seq(out, group=group)  # (B, Hq/P, P*Ls, D) -> (B, Hq, Ls, D)
-    return out
+    chunks = pipeline_chunks(q.shape[1], k.shape[1], world)
+    return UlyssesAttention.apply(q, k, v, group, chunks, seq_order, plan, scale)
 
 
 def ulysses_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):

@@ -18,45 +18,72 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """Raw all-to-all over dim 0 (which must have size P); records bytes sent."""
+class Pending:
+    """An all-to-all in flight; ``wait()`` returns its unpacked result."""
+
+    def __init__(self, work, recv: torch.Tensor, unpack):
+        self._work, self._recv, self._unpack = work, recv, unpack
+
+    def wait(self) -> tuple[torch.Tensor, ...]:
+        if self._work is not None:
+            self._work.wait()
+        return self._unpack(self._recv)
+
+
+def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup, async_op: bool = False):
+    """All-to-all over dim 0 (which must have size P); records bytes sent.
+    Returns the receive buffer, and the work handle when ``async_op``."""
     _, world = group_rank_size(group)
     out = torch.empty_like(x)
-    dist.all_to_all_single(out, x, group=group)
+    work = dist.all_to_all_single(out, x, group=group, async_op=async_op)
     record("all_to_all", _nbytes(x) * (world - 1) // world)
-    return out
+    return (out, work) if async_op else out
 
 
-def _seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
-    """Pack tensors, all-to-all once, unpack: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D)."""
+def start_seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
+    """Pack tensors, start one all-to-all: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D) on wait."""
     _, world = group_rank_size(group)
     b, _, ls, d = tensors[0].shape
     heads = [t.shape[1] // world for t in tensors]
     # (B, H_i, Ls, D) -> (B, P, H_i/P, Ls, D), concatenated over i on dim 2
     packed = torch.cat([t.reshape(b, world, h, ls, d) for t, h in zip(tensors, heads)], dim=2)
     # (B, P, ΣH/P, Ls, D) -> (P, B, ΣH/P, Ls, D): dim 0 = destination rank
-    recv = _all_to_all(packed.transpose(0, 1).contiguous(), group)
-    # (P, B, ΣH/P, Ls, D) (dim 0 = source rank) -> (B, ΣH/P, P*Ls, D)
-    full = recv.permute(1, 2, 0, 3, 4).reshape(b, sum(heads), world * ls, d)
-    return tuple(t.contiguous() for t in full.split(heads, dim=1))
+    recv, work = _all_to_all(packed.transpose(0, 1).contiguous(), group, async_op=True)
+
+    def unpack(recv):
+        # (P, B, ΣH/P, Ls, D) (dim 0 = source rank) -> (B, ΣH/P, P*Ls, D)
+        full = recv.permute(1, 2, 0, 3, 4).reshape(b, sum(heads), world * ls, d)
+        return tuple(t.contiguous() for t in full.split(heads, dim=1))
+
+    return Pending(work, recv, unpack)
 
 
-def _heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
-    """Inverse of :func:`_seq_to_heads`: (B, H_i/P, P*Ls, D) -> (B, H_i, Ls, D)."""
+def start_heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
+    """Inverse of :func:`start_seq_to_heads`: (B, H_i/P, P*Ls, D) -> (B, H_i, Ls, D)."""
     _, world = group_rank_size(group)
     b, _, l_full, d = tensors[0].shape
     ls = l_full // world
     heads = [t.shape[1] for t in tensors]
     # (B, H_i/P, P*Ls, D) -> (B, ΣH/P, P, Ls, D) -> (P, B, ΣH/P, Ls, D): dim 0 = destination
     packed = torch.cat(tensors, dim=1).reshape(b, sum(heads), world, ls, d)
-    recv = _all_to_all(packed.permute(2, 0, 1, 3, 4).contiguous(), group)
-    # (P, B, ΣH/P, Ls, D) (dim 0 = source rank = head group) -> (B, P, ΣH/P, Ls, D)
-    recv = recv.transpose(0, 1)
-    outs = []
-    for part in recv.split(heads, dim=2):
-        # (B, P, H_i/P, Ls, D) -> (B, H_i, Ls, D)
-        outs.append(part.reshape(b, world * part.shape[2], ls, d))
-    return tuple(outs)
+    recv, work = _all_to_all(packed.permute(2, 0, 1, 3, 4).contiguous(), group, async_op=True)
+
+    def unpack(recv):
+        # (P, B, ΣH/P, Ls, D) (dim 0 = source rank = head group) -> (B, P, ΣH/P, Ls, D)
+        recv = recv.transpose(0, 1)
+        # each (B, P, H_i/P, Ls, D) -> (B, H_i, Ls, D)
+        return tuple(part.reshape(b, world * part.shape[2], ls, d)
+                     for part in recv.split(heads, dim=2))
+
+    return Pending(work, recv, unpack)
+
+
+def _seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
+    return start_seq_to_heads(tensors, group).wait()
+
+
+def _heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
+    return start_heads_to_seq(tensors, group).wait()
 
 
 class SeqToHeads(torch.autograd.Function):
