@@ -1,7 +1,8 @@
-"""End-to-end exactness: training losses under dp x sp x tp equal the 1-process run.
+"""End-to-end exactness: training under dp x sp x tp equals the 1-process run.
 
-``tiny``, float32, fixed seed: every step's global loss must agree with a
-single-process run (no torch.distributed at all) within 1e-5 relative, for
+``tiny``, float32, fixed seed: every step's global loss, and every parameter's
+gradient after step 1, must agree with a single-process run (no
+torch.distributed at all) within 1e-5 relative, for
 sp in {1, 2, 4} x every strategy x every layout, dp=2 x sp=2 and tp=2 x sp=2,
 with FSDP2 and with replicated parameters, and the BERT-style encoder. One spawn per world size; the
 grid runs inside the workers and every failing case is reported by name.
@@ -25,8 +26,21 @@ def _cfg(world: int, **kw) -> TrainConfig:
                                                                                 cuda=False)
 
 
-def _reference(model: str) -> list[float]:
-    return train(_cfg(1, model=model, fsdp=False), quiet=True).losses
+class _FirstGrads:
+    """``on_gradients`` hook keeping the dense gradients of the first step."""
+
+    def __init__(self):
+        self.grads = None
+
+    def __call__(self, step, par):
+        if step == 0:
+            self.grads = par.full_gradients()
+
+
+def _reference(model: str) -> tuple[list[float], dict]:
+    probe = _FirstGrads()
+    losses = train(_cfg(1, model=model, fsdp=False), quiet=True, on_gradients=probe).losses
+    return losses, probe.grads
 
 
 def _cases(world: int) -> list[dict]:
@@ -55,12 +69,21 @@ def _grid(rank, world, refs, cases):
         if "dp" in kw or "tp" in kw:
             kw.setdefault("dp", 1)
             kw.setdefault("tp", 1)
-        losses = train(_cfg(world, **kw), quiet=True).losses
-        ref = refs[model]
+        probe = _FirstGrads()
+        losses = train(_cfg(world, **kw), quiet=True, on_gradients=probe).losses
+        ref, ref_grads = refs[model]
         worst = max(abs(a - b) / abs(b) for a, b in zip(losses, ref))
         if len(losses) != len(ref) or not worst <= TOL:
             failures.append(f"world={world} {case}: worst rel err {worst:.3g} "
                             f"(rank {rank})\n  got {losses}\n  ref {ref}")
+        if sorted(probe.grads) != sorted(ref_grads):
+            failures.append(f"world={world} {case}: gradient names differ")
+            continue
+        for name, want in ref_grads.items():
+            err = ((probe.grads[name] - want).norm() / want.norm()).item()
+            if not err <= TOL:
+                failures.append(f"world={world} {case}: step-1 grad of {name} rel err "
+                                f"{err:.3g} (rank {rank})")
     assert not failures, "\n".join(failures)
 
 
@@ -70,7 +93,7 @@ def refs():
 
 
 def test_single_process_learns_something(refs):
-    assert refs["tiny"][-1] < refs["tiny"][0]
+    assert refs["tiny"][0][-1] < refs["tiny"][0][0]
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -8,8 +8,12 @@ every rank (or in the launcher) before any collective could hang.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
+
+import torch.distributed as dist
 
 from ..attention import STRATEGIES
+from ..comm.groups import DEFAULT_TIMEOUT
 from ..layout import LAYOUT_NAMES, get_layout
 
 
@@ -102,20 +106,31 @@ class ParallelDims:
                              + "; ".join(found))
         return self
 
-    def build_mesh(self, device_type: str = "cpu"):
-        """The world's ``DeviceMesh`` with dims ``("dp", "sp", "tp")``.
+    def build_mesh(self, device_type: str = "cpu", timeout: timedelta = DEFAULT_TIMEOUT):
+        """The world's ``DeviceMesh`` with dims ``("dp", "sp", "tp")``, plus the
+        flattened ``"dp_sp"`` (the FSDP / gradient-reduction dim).
 
         For ``hybrid`` the sp dim is itself ``("ring", "ulysses")``: the mesh is
         built 4-D and the two are flattened into ``"sp"``, ring-major, so that sp
         rank ``r * U + u`` is the sequence slice the hybrid attention expects on
-        mesh coordinate ``(u, r)``.
+        mesh coordinate ``(u, r)``. Every group gets ``timeout``, so a rank that
+        stops answering is an error within that time, not a hang.
         """
         from torch.distributed.device_mesh import init_device_mesh
 
         if self.strategy == "hybrid":
             mesh = init_device_mesh(device_type, (self.dp, self.ring, self.ulysses, self.tp),
                                     mesh_dim_names=("dp", "ring", "ulysses", "tp"))
-            mesh["ring", "ulysses"]._flatten("sp")
-            return mesh
-        return init_device_mesh(device_type, (self.dp, self.sp, self.tp),
-                                mesh_dim_names=("dp", "sp", "tp"))
+            subs = [mesh[n] for n in ("dp", "ring", "ulysses", "tp")]
+            subs.append(mesh["ring", "ulysses"]._flatten("sp"))
+            subs.append(mesh["dp", "ring", "ulysses"]._flatten("dp_sp"))
+        else:
+            mesh = init_device_mesh(device_type, (self.dp, self.sp, self.tp),
+                                    mesh_dim_names=("dp", "sp", "tp"))
+            subs = [mesh[n] for n in ("dp", "sp", "tp")]
+            subs.append(mesh["dp", "sp"]._flatten("dp_sp"))
+        set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+        if set_timeout is not None:  # sub-groups otherwise get c10d's default (30 min)
+            for sub in subs:
+                set_timeout(timeout, sub.get_group())
+        return mesh

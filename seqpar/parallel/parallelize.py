@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from ..attention import attention as sp_attention
 from ..comm.groups import group_rank_size
 from .parallel_dims import ParallelDims
-from .tensor_parallel import apply_tensor_parallel
+from .tensor_parallel import apply_tensor_parallel, tp_shard_dim
 
 
 class SequenceParallelAttention:
@@ -70,13 +70,22 @@ class Parallelized:
             return None
         if name == "world":
             return dist.group.WORLD
-        return self.mesh[name].get_group() if name != "dp_sp" else self._dp_sp.get_group()
+        return self.submesh(name).get_group()
+
+    def submesh(self, name: str):
+        """A 1-D mesh by dim name. Flattened dims (``dp_sp``; ``sp`` of ``hybrid``) come
+        from ``_flatten``, which returns the mesh ``ParallelDims.build_mesh`` made."""
+        hybrid = self.dims.strategy == "hybrid"
+        if name == "dp_sp":
+            return self.mesh[("dp", "ring", "ulysses") if hybrid else ("dp", "sp")]._flatten(
+                "dp_sp")
+        if name == "sp" and hybrid:
+            return self.mesh["ring", "ulysses"]._flatten("sp")
+        return self.mesh[name]
 
     @property
     def _dp_sp(self):
-        if self.dims.strategy == "hybrid":
-            return self.mesh["dp", "ring", "ulysses"]._flatten("dp_sp")
-        return self.mesh["dp", "sp"]._flatten("dp_sp")
+        return self.submesh("dp_sp")
 
     @property
     def sp_mesh(self):
@@ -96,6 +105,25 @@ class Parallelized:
             if p.requires_grad:
                 (tp_params if name in self.tp_sharded else rep_params).append(p)
         return tp_params, rep_params
+
+    def full_tensor(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """The dense value of parameter ``name``'s tensor ``t`` (its data, grad or optimizer
+        state), gathered over FSDP and TP shards. Collective: every rank calls it."""
+        from torch.distributed.tensor import DTensor, Shard
+
+        if isinstance(t, DTensor):
+            t = t.full_tensor()  # FSDP: dp x sp shards -> the (tp-local) tensor
+        if name in self.tp_sharded and self.dims.tp > 1:
+            # tp-local slice -> dense weight, along the dim the column/row split cut
+            t = DTensor.from_local(t, self.mesh["tp"], [Shard(tp_shard_dim(name))],
+                                   run_check=False).full_tensor()
+        return t.detach().clone()  # a copy, never an alias of live state (1-rank meshes)
+
+    @torch.no_grad()
+    def full_gradients(self) -> dict[str, torch.Tensor]:
+        """Every parameter's gradient at its dense shape, by name (tests, debugging)."""
+        return {name: self.full_tensor(name, p.grad) for name, p in
+                self.model.named_parameters() if p.grad is not None}
 
     @torch.no_grad()
     def sync_gradients(self) -> None:

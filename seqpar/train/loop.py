@@ -13,6 +13,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,11 +113,14 @@ class _Metrics:
 
 
 def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int | None = None,
-          quiet: bool = False) -> TrainResult:
+          quiet: bool = False,
+          on_gradients: Callable[[int, Parallelized], None] | None = None) -> TrainResult:
     """Train per ``cfg`` (degrees already resolved); returns the history on every rank.
 
     ``stop_at`` ends the run early after that many steps (the LR schedule still
     follows ``cfg.steps``): tests use it to interrupt and resume a run.
+    ``on_gradients(step, par)`` sees the reduced gradients before clipping
+    (the gradient-parity test gathers them with ``par.full_gradients()``).
     """
     rank, world = _world()
     device = device or torch.device("cpu")
@@ -160,6 +164,8 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
         out = sp_exact_loss(logits, batch.labels, par.group("world"))
         out.backward_loss.backward()
         par.sync_gradients()
+        if on_gradients is not None:
+            on_gradients(step, par)
         grad_norm = par.clip_grad_norm(cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
