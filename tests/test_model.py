@@ -218,3 +218,24 @@ def test_toml_config_and_command_line_precedence(tmp_path):
 def test_cli_rejects_bad_configs_before_spawning(argv, needle, capsys):
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_packed_documents_do_not_see_each_other():
+    """With cu_seqlens, changing document 1 leaves document 2's outputs unchanged."""
+    from seqpar.parallel import ParallelDims, parallelize
+
+    torch.manual_seed(0)
+    model = build_model("tiny").double()
+    par = parallelize(model, ParallelDims(layout="contiguous"))
+    eos = ByteTokenizer.EOS
+    a = torch.tensor([[5, 6, 7, eos, 9, 10, 11, 12], [1, 2, eos, 4, 5, 6, 7, eos]])
+    b = a.clone()
+    b[:, 0] = 42  # inside the first document of each row
+    docs = TextDataset.cu_seqlens(a)
+    assert [d.tolist() for d in docs] == [[0, 4, 8], [0, 3, 8]]
+    par.set_documents(docs)
+    pos = torch.arange(8)
+    out_a, out_b = model(a, pos), model(b, pos)
+    assert torch.equal(out_a[0, 4:], out_b[0, 4:]) and torch.equal(out_a[1, 3:], out_b[1, 3:])
+    par.set_documents(None)
+    assert not torch.equal(model(a, pos)[0, 4:], model(b, pos)[0, 4:])

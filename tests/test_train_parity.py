@@ -4,19 +4,22 @@
 gradient after step 1, must agree with a single-process run (no
 torch.distributed at all) within 1e-5 relative, for
 sp in {1, 2, 4} x every strategy x every layout, dp=2 x sp=2 and tp=2 x sp=2,
-with FSDP2 and with replicated parameters, and the BERT-style encoder. One spawn per world size; the
+with FSDP2 and with replicated parameters, the BERT-style encoder, and packed
+text whose attention stays inside each document. One spawn per world size; the
 grid runs inside the workers and every failing case is reported by name.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 import seqpar
 from seqpar.train import TrainConfig, train
 
-STEPS = 10
-BASE = dict(seq_len=64, batch_size=4, steps=STEPS, lr=3e-3, warmup=3, log_every=10**6,
+STEPS = 8
+BASE = dict(seq_len=64, batch_size=2, steps=STEPS, lr=3e-3, warmup=3, log_every=10**6,
             data="passkey")
 TOL = 1e-5
 
@@ -37,13 +40,19 @@ class _FirstGrads:
             self.grads = par.full_gradients()
 
 
-def _reference(model: str) -> tuple[list[float], dict]:
+def _reference(model: str, **kw) -> tuple[list[float], dict]:
     probe = _FirstGrads()
-    losses = train(_cfg(1, model=model, fsdp=False), quiet=True, on_gradients=probe).losses
+    losses = train(_cfg(1, model=model, fsdp=False, **kw), quiet=True,
+                   on_gradients=probe).losses
     return losses, probe.grads
 
 
-def _cases(world: int) -> list[dict]:
+TEXT = "\n".join(f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (i % 3 + 1)
+                 for i in range(40))
+
+
+def _cases(world: int, text: str) -> list[dict]:
+    """Every strategy x layout, plus (world 4) dp/tp mixes; packed text with documents."""
     cases = []
     for strategy in seqpar.STRATEGIES:
         if strategy == "hybrid" and world < 4:
@@ -58,6 +67,11 @@ def _cases(world: int) -> list[dict]:
                           activation_checkpointing=True))
         cases.append(dict(dp=2, tp=2, sp=1, strategy="allgather"))
         cases.append(dict(model="bert-tiny", strategy="ring", layout="zigzag"))
+        cases.append(dict(data=text, tp=2, sp=2, strategy="allgather", layout="zigzag"))
+        cases.append(dict(data=text, sp=4, strategy="hybrid", layout="striped", fsdp=True))
+    else:
+        cases.append(dict(data=text, strategy="ring", layout="zigzag"))
+        cases.append(dict(data=text, strategy="ulysses", layout="contiguous"))
     return cases
 
 
@@ -66,12 +80,13 @@ def _grid(rank, world, refs, cases):
     for case in cases:
         kw = dict(case)
         model = kw.setdefault("model", "tiny")
+        ref_key = "text" if "data" in kw else model
         if "dp" in kw or "tp" in kw:
             kw.setdefault("dp", 1)
             kw.setdefault("tp", 1)
         probe = _FirstGrads()
         losses = train(_cfg(world, **kw), quiet=True, on_gradients=probe).losses
-        ref, ref_grads = refs[model]
+        ref, ref_grads = refs[ref_key]
         worst = max(abs(a - b) / abs(b) for a, b in zip(losses, ref))
         if len(losses) != len(ref) or not worst <= TOL:
             failures.append(f"world={world} {case}: worst rel err {worst:.3g} "
@@ -88,8 +103,17 @@ def _grid(rank, world, refs, cases):
 
 
 @pytest.fixture(scope="module")
-def refs():
-    return {m: _reference(m) for m in ("tiny", "bert-tiny")}
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in TEXT.split("\n")) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def refs(text_file):
+    out = {m: _reference(m) for m in ("tiny", "bert-tiny")}
+    out["text"] = _reference("tiny", data=text_file)
+    return out
 
 
 def test_single_process_learns_something(refs):
@@ -97,8 +121,8 @@ def test_single_process_learns_something(refs):
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_loss_parity(spawn, refs, world):
-    spawn(_grid, world, refs, _cases(world))
+def test_loss_parity(spawn, refs, text_file, world):
+    spawn(_grid, world, refs, _cases(world, text_file))
 
 
 def test_sp1_through_process_group_matches(spawn, refs):

@@ -22,25 +22,32 @@ from ..layout import position_ids, shard
 
 @dataclass
 class LocalBatch:
-    """This rank's tokens/labels ``(B/dp, L/(sp*tp))`` and their global positions."""
+    """This rank's tokens/labels ``(B/dp, L/(sp*tp))`` and their global positions.
+
+    ``cu_seqlens``: for packed data, one tensor of *global* document boundaries
+    per local sequence (attention derives which of them touch this rank's tokens).
+    """
 
     tokens: torch.Tensor
     labels: torch.Tensor
     position_ids: torch.Tensor
+    cu_seqlens: list[torch.Tensor] | None = None
 
     def to(self, device: torch.device | str) -> LocalBatch:
         return LocalBatch(self.tokens.to(device, non_blocking=True),
                           self.labels.to(device, non_blocking=True),
-                          self.position_ids.to(device, non_blocking=True))
+                          self.position_ids.to(device, non_blocking=True),
+                          self.cu_seqlens)
 
 
 def shard_batch(tokens: torch.Tensor, labels: torch.Tensor, *, sp_group=None,
                 layout: str = "contiguous", dp_rank: int = 0, dp: int = 1, tp_rank: int = 0,
-                tp: int = 1) -> LocalBatch:
+                tp: int = 1, cu_seqlens: list[torch.Tensor] | None = None) -> LocalBatch:
     """This rank's part of a global ``(B, L)`` batch.
 
-    ``sp_group`` may be ``None`` (no sequence parallelism), a ProcessGroup or a
-    1-D DeviceMesh; the sp degree and this rank's place in it come from it.
+    ``sp_group`` may be ``None`` (no sequence parallelism), a ProcessGroup, a
+    1-D DeviceMesh or a hybrid 2-D mesh; the sp degree and this rank's place in
+    it come from it. ``cu_seqlens`` (one per global sequence) follows the dp slice.
     """
     b, length = tokens.shape
     if b % dp:
@@ -49,6 +56,8 @@ def shard_batch(tokens: torch.Tensor, labels: torch.Tensor, *, sp_group=None,
     # (B, L) -> (B/dp, L): this data-parallel replica's sequences
     rows = slice(dp_rank * per, (dp_rank + 1) * per)
     tokens, labels = tokens[rows], labels[rows]
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens[rows]
     # (B/dp, L) -> (B/dp, L/sp) in the layout's local order
     tokens = shard(tokens, dim=1, group=sp_group, layout=layout)
     labels = shard(labels, dim=1, group=sp_group, layout=layout)
@@ -59,4 +68,4 @@ def shard_batch(tokens: torch.Tensor, labels: torch.Tensor, *, sp_group=None,
         # (B/dp, L/sp) -> (B/dp, L/(sp*tp)): contiguous chunk tp_rank of the sp shard
         tokens, labels = tokens.chunk(tp, dim=1)[tp_rank], labels.chunk(tp, dim=1)[tp_rank]
         pos = pos.chunk(tp)[tp_rank]
-    return LocalBatch(tokens.contiguous(), labels.contiguous(), pos.contiguous())
+    return LocalBatch(tokens.contiguous(), labels.contiguous(), pos.contiguous(), cu_seqlens)

@@ -68,10 +68,28 @@ class TextDataset:
         self.stream = torch.tensor(ids, dtype=torch.int16)  # bytes and specials fit in int16
 
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global ``(tokens, labels)`` ``(batch_size, seq_len)``; ``labels[t] = tokens[t+1]``."""
+        """Global ``(tokens, labels)`` ``(batch_size, seq_len)``; ``labels[t] = tokens[t+1]``.
+
+        A label that crosses into the next document (the token after ``EOS``)
+        is kept: predicting ``EOS`` ends a document, and the first token of the
+        next one is predicted from the ``EOS`` alone when documents are masked.
+        """
         g = step_generator(seed, step)
         starts = torch.randint(0, self.stream.numel() - self.seq_len, (batch_size,), generator=g)
         # (B,) + (L+1,) -> (B, L+1) window indices
         idx = starts[:, None] + torch.arange(self.seq_len + 1)[None, :]
         windows = self.stream[idx].long()
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+    @staticmethod
+    def cu_seqlens(tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Per sequence, global document boundaries ``[0, ..., L]`` of a packed batch:
+        a document ends after each ``EOS``. ``tokens (B, L)`` -> B int64 tensors."""
+        out = []
+        length = tokens.shape[1]
+        for row in tokens:
+            ends = (row == ByteTokenizer.EOS).nonzero().flatten() + 1  # exclusive ends
+            ends = ends[ends < length]
+            out.append(torch.cat([torch.zeros(1, dtype=torch.int64), ends,
+                                  torch.full((1,), length, dtype=torch.int64)]))
+        return out

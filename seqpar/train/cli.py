@@ -47,6 +47,8 @@ _HELP = {
     "resume": "resume from the newest checkpoint in --checkpoint-dir, or from PATH",
     "config": "TOML file whose keys mirror these options (the command line wins)",
     "data": "passkey | kv (synthetic long-range tasks) or comma-separated .txt/.jsonl paths",
+    "documents": "packed text: attention stays inside each document (--no-documents: "
+                 "attend across EOS)",
     "warmup": "warmup steps",
     "min_lr_ratio": "final LR as a fraction of --lr",
     "weight_decay": "AdamW weight decay",

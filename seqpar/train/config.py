@@ -34,6 +34,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     resume: str | bool = False
     data: str = "passkey"
+    documents: bool = True
     warmup: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0

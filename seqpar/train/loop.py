@@ -157,8 +157,12 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
         for group in optimizer.param_groups:
             group["lr"] = lr
         tokens, labels = dataset.batch(step, cfg.batch_size, cfg.seed)
+        documents = (dataset.cu_seqlens(tokens)
+                     if cfg.documents and hasattr(dataset, "cu_seqlens") else None)
         batch = shard_batch(tokens, labels, sp_group=sp_group, layout=cfg.layout,
-                            dp_rank=dp_rank, dp=cfg.dp, tp_rank=tp_rank, tp=cfg.tp).to(device)
+                            dp_rank=dp_rank, dp=cfg.dp, tp_rank=tp_rank, tp=cfg.tp,
+                            cu_seqlens=documents).to(device)
+        par.set_documents(batch.cu_seqlens)
         with autocast:
             logits = model(batch.tokens, batch.position_ids)
         out = sp_exact_loss(logits, batch.labels, par.group("world"))
