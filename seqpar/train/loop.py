@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
             acc = sum(recent_acc) / len(recent_acc)
             bar = _bar(done, cfg.steps)
             line = (f"{bar} step {done}/{cfg.steps} | loss {out.loss:.4f} | "
-                    f"acc {100 * acc:5.1f}% (chance {100 * result.chance:.1f}%) | "
+                    f"acc {100 * acc:5.1f}%{_chance(result.chance)} | "
                     f"{tps:,.0f} tok/s | lr {lr:.2e}")
             print(("\r" + line) if tty else line, end="" if tty and done < end else "\n",
                   flush=True)
@@ -214,8 +214,8 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     if show and result.losses:
         kind = "GPU allocated" if device.type == "cuda" else "RSS"
         print(f"summary: {len(result.losses)} steps | final loss {result.losses[-1]:.4f} | "
-              f"accuracy (last 20 steps) {100 * result.final_accuracy:.1f}% "
-              f"(chance {100 * result.chance:.1f}%) | {result.tokens_per_s:,.0f} tokens/s | "
+              f"accuracy (last 20 steps) {100 * result.final_accuracy:.1f}%"
+              f"{_chance(result.chance)} | {result.tokens_per_s:,.0f} tokens/s | "
               f"peak memory per rank ({kind}, MiB): "
               + ", ".join(f"{m:.0f}" for m in result.peak_memory_mb), flush=True)
     return result
@@ -224,3 +224,8 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = int(width * done / max(total, 1))
     return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _chance(chance: float) -> str:
+    """`` (chance x%)`` for the synthetic tasks; nothing for text (no fixed chance)."""
+    return f" (chance {100 * chance:.1f}%)" if chance > 0 else ""
