@@ -31,7 +31,13 @@ def replicate_kv_heads(k: torch.Tensor, v: torch.Tensor, world: int):
     return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
 
 
-def pipeline_chunks(hq: int, hkv: int, world: int, most: int = 4) -> int:
+#: Head chunks to pipeline by default. Measured on 4xH200 (BENCHMARKS.md, v2):
+#: 4 chunks made causal 32K/128K *slower* (452 vs 475, 493 vs 510 TFLOP/s/GPU):
+#: smaller attention kernels cost more than the hidden all-to-all saves.
+DEFAULT_CHUNKS = 1
+
+
+def pipeline_chunks(hq: int, hkv: int, world: int, most: int = DEFAULT_CHUNKS) -> int:
     """How many head chunks to pipeline: the largest ``c <= most`` dividing both
     Hq/P and Hkv/P, so every chunk keeps whole GQA groups on every rank."""
     per_rank = math.gcd(hq // world, hkv // world)
@@ -92,7 +98,7 @@ class UlyssesAttention(torch.autograd.Function):
 
 
 def heads_parallel(q, k, v, *, group, seq_order, causal: bool, scale: float,
-                   documents=None):
+                   documents=None, chunks: int | None = None):
     """Ulysses core over ``group``. ``seq_order`` (or None when already in order):
     the global position of each token of the gathered sequence, which is the
     concatenation of the members' shards in group-rank order."""
@@ -100,7 +106,11 @@ def heads_parallel(q, k, v, *, group, seq_order, causal: bool, scale: float,
     k, v = replicate_kv_heads(k, v, world)
     length = q.shape[2] * world
     plan = make_plan([(0, length)], [(0, length)], causal, documents)
-    chunks = pipeline_chunks(q.shape[1], k.shape[1], world)
+    if chunks is None:
+        chunks = pipeline_chunks(q.shape[1], k.shape[1], world)
+    elif (q.shape[1] // world) % chunks or (k.shape[1] // world) % chunks:
+        raise ValueError(f"chunks={chunks} must divide Hq/P={q.shape[1] // world} and "
+                         f"Hkv/P={k.shape[1] // world}")
     return UlyssesAttention.apply(q, k, v, group, chunks, seq_order, plan, scale)
 
 
