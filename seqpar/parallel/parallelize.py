@@ -217,29 +217,35 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         block.forward = forward
 
 
-def apply_fsdp(model: nn.Module, mesh) -> None:
+def apply_fsdp(model: nn.Module, mesh, param_dtype: torch.dtype | None = None) -> None:
     """FSDP2 (ZeRO-3) over a 1-D mesh: one unit per block plus the root.
 
     Gradients are SUMmed (divide factor 1: the loss is already normalized by
     the global token count) with sum-only collectives, which gloo needs too.
+    ``param_dtype`` (e.g. bf16): parameters are all-gathered and used in that
+    dtype, gradients reduced in fp32, the sharded master copy stays fp32.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) \
+        if param_dtype not in (None, torch.float32) else MixedPrecisionPolicy()
     units = list(model.layers) + [model]
     for unit in units:
-        fully_shard(unit, mesh=mesh)
+        fully_shard(unit, mesh=mesh, mp_policy=mp)
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)
 
 
 def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool = False,
-                activation_checkpointing: bool = False) -> Parallelized:
+                activation_checkpointing: bool = False,
+                param_dtype: torch.dtype | None = None) -> Parallelized:
     """Apply TP-SP, sequence-parallel attention, checkpointing and FSDP2/replication.
 
     ``mesh`` is ``dims.build_mesh(...)`` (or ``None`` for one process without
     torch.distributed). The model is changed in place and returned inside a
-    :class:`Parallelized` handle.
+    :class:`Parallelized` handle. ``param_dtype`` is FSDP2's compute dtype for
+    parameters (mixed precision); replicated parameters use autocast instead.
     """
     cfg = getattr(model, "cfg", None)
     dims.validate(None if mesh is None else mesh.size(), model=cfg)
@@ -259,5 +265,5 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
         apply_activation_checkpointing(model)
     # 4. FSDP2 over dp x sp (replicated params need no wrapping: see sync_gradients)
     if par.fsdp:
-        apply_fsdp(model, par._dp_sp)
+        apply_fsdp(model, par._dp_sp, param_dtype)
     return par

@@ -76,7 +76,8 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     with torch.device(device):
         model = build_model(mcfg)
     par = parallelize(model, dims, mesh, fsdp=cfg.fsdp,
-                      activation_checkpointing=cfg.activation_checkpointing)
+                      activation_checkpointing=cfg.activation_checkpointing,
+                      param_dtype=cfg.torch_dtype)
     return par, dataset, mcfg
 
 
