@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from ..router import route
 
 BENCHMARKS = {
     "attention": ("seqpar.bench.attention",
@@ -12,25 +13,9 @@ BENCHMARKS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: seqpar bench <benchmark> [options]", "", "benchmarks:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in BENCHMARKS.items()]
-    lines += ["", "`seqpar bench <benchmark> --help` for its options."]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``argv[0]`` to its benchmark module's ``main(rest)``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in BENCHMARKS:
-        print(f"seqpar bench: unknown benchmark {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(BENCHMARKS[name][0])
-    return int(module.main(rest) or 0)
+    return route("seqpar bench", "benchmark", BENCHMARKS, argv)
 
 
 if __name__ == "__main__":
