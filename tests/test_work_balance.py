@@ -32,3 +32,19 @@ def test_full_attention_uniform():
     work = seqpar.work_per_rank(strategy="ring", world=4, length=64, causal=False,
                                 layout="striped")
     assert work == [16 * 64] * 4
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 8])
+def test_striped_one_block_per_step_and_balanced(world):
+    from seqpar.attention.plan import pair_plan
+
+    n = 32
+    length = n * world
+    lay = seqpar.Striped()
+    for rank in range(world):
+        for src in range(world):
+            assert len(pair_plan(lay, rank, src, world, length, True)) == 1
+    work = seqpar.work_per_rank(strategy="ring", world=world, length=length, causal=True,
+                                layout="striped")
+    assert sum(work) == length * (length + 1) // 2
+    assert max(work) - min(work) <= world * n, work  # off by at most one row per step

@@ -153,6 +153,25 @@ def documents_from_cu_seqlens(cu_seqlens, length: int) -> list[tuple[int, int]]:
     return [(s, e) for s, e in zip(bounds, bounds[1:]) if e > s]
 
 
+def pair_plan(layout, rank: int, src: int, world: int, length: int, causal: bool,
+              documents=None) -> list[Block]:
+    """Blocks for rank ``rank``'s queries against rank ``src``'s keys, both in ``layout``.
+
+    Token-striped layouts (block 1) get a closed form instead of one block per token
+    pair: query i (global ``i·P + rank``) sees key j (global ``j·P + src``) iff
+    ``j <= i`` when ``src <= rank``, else ``j < i``: one top-left causal square, or
+    the same square shifted by one (rows 1.. against keys ..-1).
+    """
+    if causal and documents is None and getattr(layout, "name", "") == "striped" \
+            and getattr(layout, "block", None) == 1:
+        n = length // world
+        if src <= rank:
+            return [Block(0, n, 0, n, True)]
+        return [Block(1, n, 0, n - 1, True)] if n > 1 else []
+    return make_plan(layout.segments(rank, world, length), layout.segments(src, world, length),
+                     causal, documents)
+
+
 def plan_work(plan: list[Block]) -> int:
     """Query-key pairs a plan computes (per batch and head)."""
     return sum(b.work for b in plan)

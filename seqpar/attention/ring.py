@@ -15,7 +15,7 @@ import torch
 from ..comm import RingExchange, group_rank_size
 from ..kernels import acc_dtype
 from .blockwise import Accumulator, PlannedAttention, backward_blocks, forward_blocks
-from .plan import Block, Segments, make_plan
+from .plan import Block, Segments, make_plan, pair_plan
 
 
 class RingAttention(torch.autograd.Function):
@@ -80,8 +80,8 @@ def ring_over(q, k, v, *, group, segments: list[Segments], causal: bool, scale: 
 
 def ring_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):
     """This rank's output of exact ring attention over ``group``."""
-    _, world = group_rank_size(group)
+    rank, world = group_rank_size(group)
     length = q.shape[2] * world
-    segments = [layout.segments(r, world, length) for r in range(world)]
-    return ring_over(q, k, v, group=group, segments=segments, causal=causal, scale=scale,
-                     documents=documents)
+    plans = [pair_plan(layout, rank, (rank - s) % world, world, length, causal, documents)
+             for s in range(world)]
+    return RingAttention.apply(q, k, v, group, plans, scale)

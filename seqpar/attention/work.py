@@ -4,7 +4,7 @@ plans the strategies execute: what the load-balance tests and the demo report.""
 from __future__ import annotations
 
 from ..layout import Layout, get_layout
-from .plan import make_plan, plan_work
+from .plan import make_plan, pair_plan, plan_work
 
 
 def work_per_rank(*, strategy: str, world: int, length: int, causal: bool,
@@ -19,9 +19,5 @@ def work_per_rank(*, strategy: str, world: int, length: int, causal: bool,
     if strategy == "ulysses":
         total = plan_work(make_plan([(0, length)], [(0, length)], causal))
         return [total // world] * world
-    work = []
-    for rank in range(world):
-        q_seg = lay.segments(rank, world, length)
-        work.append(sum(plan_work(make_plan(q_seg, lay.segments(src, world, length), causal))
-                        for src in range(world)))
-    return work
+    return [sum(plan_work(pair_plan(lay, rank, src, world, length, causal))
+                for src in range(world)) for rank in range(world)]
