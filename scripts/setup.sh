@@ -11,6 +11,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==${SEQPAR_TORCH_VERSION:-2.13.0}"
 fi
 .venv/bin/python -m pip install -q --no-deps -e .
-for pkg in pytest; do
+for pkg in numpy pytest; do
   .venv/bin/python -c "import $pkg" 2>/dev/null || .venv/bin/python -m pip install -q "$pkg"
 done
