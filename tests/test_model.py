@@ -112,12 +112,13 @@ def test_passkey_task_answers_are_in_context():
         where = (labels[b] != IGNORE_INDEX).nonzero().flatten()
         assert len(where) == task.n_slots
         for t in where.tolist():
-            slot = tokens[b, t].item() - 128
+            slot = tokens[b, t].item() - 1
             answer = labels[b, t].item()
-            assert answer // task.n_values == slot
+            assert (answer - 128) // task.n_values == slot
             assert tokens[b, t + 1] == answer  # decoder: the answer follows its query
             hidden = (tokens[b, : task.seq_len // 2] == answer).nonzero().flatten()
-            assert len(hidden) == 1  # the passkey sits once in the first half
+            assert len(hidden) == task.copies  # only in the first half, `copies` times
+            assert (tokens[b, task.seq_len // 2: t] == answer).sum() == 0
 
 
 def test_kv_task_and_encoder_masking():

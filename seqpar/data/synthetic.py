@@ -1,10 +1,10 @@
 """Synthetic long-range tasks, generated on the fly: passkey and key-value retrieval.
 
-``Passkey`` (the default, learnable by ``tiny`` in minutes): ``n_slots``
-passkey tokens hidden at random positions in the first half of a sequence of
-random filler, one per slot (slot ``s`` draws its value from its own id range),
-and at the very end a query token per slot followed by the answer. The answer
-is only in the passkey token, on average ``~3L/4`` positions back.
+``Passkey`` (the default, learnable by ``tiny`` in minutes): one passkey per
+slot (slot ``s`` draws its value from its own id range), each written a few
+times at random positions in the first half of a repeated filler text, and at
+the very end a query token per slot followed by the answer. The answer is only
+in the passkey tokens, on average ``~3L/4`` positions back.
 
 ``KVRetrieval`` (multi-query associative recall, harder: needs an induction
 circuit): a sequence is ``BOS, k1 v1 k2 v2 ... kn vn, <noise ...>, q1 a1 ... qm am``:
@@ -101,29 +101,44 @@ class KVRetrieval:
         return tokens, labels
 
 
+FILLER = (b"The grass is green. The sky is blue. The sun is yellow. Here we go. "
+          b"There and back again. ")
+
+
 @dataclass(frozen=True)
 class Passkey:
-    """Passkey retrieval; ``arch="encoder"`` masks the answers instead (BERT-style MLM).
+    """Passkey retrieval (Mohtashami & Jaggi 2023 style); ``arch="encoder"`` masks the
+    answers instead (BERT-style MLM).
 
-    Token ids reuse the byte vocabulary: passkey of slot ``s`` with value ``v`` is
-    ``s * n_values + v`` (< 128), the query for slot ``s`` is ``128 + s``, filler
-    is ``[128 + n_slots, 256)``.
+    The haystack is the classic repeated filler sentence (as bytes, at a random
+    phase); each slot's passkey is written ``repeats`` times at random places in
+    the first half (default ``seq_len // 64``: a fixed density; a single copy
+    in a long haystack leaves a small model on a loss plateau for longer than a
+    CPU demo lasts). Token ids reuse the byte vocabulary: the passkey of slot
+    ``s`` with value ``v`` is ``128 + s * n_values + v``, the query for slot
+    ``s`` is the control byte ``s + 1`` (neither occurs in the filler).
     """
 
     seq_len: int
     n_slots: int = 8
     n_values: int = 16
+    repeats: int | None = None
     arch: str = "decoder"
     vocab_size: int = ByteTokenizer.vocab_size
 
     def __post_init__(self) -> None:
         problems = []
-        if self.n_slots < 1 or self.n_values < 1 or self.n_slots * self.n_values > 128:
+        if not 1 <= self.n_slots <= 30 or self.n_values < 1 \
+                or self.n_slots * self.n_values > 128:
             problems.append(f"n_slots * n_values = {self.n_slots} * {self.n_values} must be "
-                            f"in [1, 128]")
-        if self.seq_len // 2 - 1 < self.n_slots or self.seq_len < 4 * self.n_slots + 2:
-            problems.append(f"seq_len={self.seq_len} too short for {self.n_slots} passkeys "
-                            f"(needs >= {4 * self.n_slots + 2})")
+                            f"in [1, 128] with n_slots <= 30")
+        if self.copies < 1:
+            problems.append(f"repeats={self.repeats} must be >= 1")
+        if self.seq_len // 2 - 1 < self.n_slots * self.copies \
+                or self.seq_len < 4 * self.n_slots + 2:
+            problems.append(f"seq_len={self.seq_len} too short for {self.n_slots} passkeys x "
+                            f"{self.copies} (needs >= "
+                            f"{max(4 * self.n_slots + 2, 2 * self.n_slots * self.copies + 3)})")
         if problems:
             raise ValueError("Passkey: " + "; ".join(problems))
 
@@ -131,21 +146,31 @@ class Passkey:
     def chance(self) -> float:
         return 1.0 / self.n_values
 
+    @property
+    def copies(self) -> int:
+        """How many times each passkey is written."""
+        return self.repeats if self.repeats is not None else max(1, self.seq_len // 64)
+
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Global ``(tokens, labels)``, each ``(batch_size, seq_len)`` int64, labels aligned."""
         g = step_generator(seed, step)
-        b, length, s, nv = batch_size, self.seq_len, self.n_slots, self.n_values
-        tokens = torch.randint(128 + s, 256, (b, length), generator=g)  # filler
+        b, length, s, nv, r = batch_size, self.seq_len, self.n_slots, self.n_values, self.copies
+        filler = torch.tensor(list(FILLER), dtype=torch.int64)
+        phase = torch.randint(0, len(filler), (b, 1), generator=g)
+        # (B, 1) + (L,) -> (B, L): the filler sentence from a random phase, repeated
+        tokens = filler[(phase + torch.arange(length)[None, :]) % len(filler)]
         labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.int64)
         tokens[:, 0] = ByteTokenizer.BOS
         values = torch.randint(0, nv, (b, s), generator=g)  # (B, S)
-        # distinct positions in [1, L/2): (B, S)
-        where = 1 + torch.argsort(torch.rand(b, length // 2 - 1, generator=g), dim=1)[:, :s]
-        tokens.scatter_(1, where, torch.arange(s) * nv + values)
+        keys = 128 + torch.arange(s) * nv + values  # (B, S) passkey token per slot
+        # S*R distinct positions in [1, L/2): (B, S*R), slot-major
+        where = 1 + torch.argsort(torch.rand(b, length // 2 - 1, generator=g), dim=1)[:, :s * r]
+        # (B, S) -> (B, S, R) -> (B, S*R): each passkey written R times
+        tokens.scatter_(1, where, keys[:, :, None].expand(b, s, r).reshape(b, s * r))
         order = torch.argsort(torch.rand(b, s, generator=g), dim=1)  # slots asked, (B, S)
-        answers = order * nv + values.gather(1, order)
+        answers = keys.gather(1, order)
         start = length - 2 * s
-        tokens[:, start::2] = 128 + order
+        tokens[:, start::2] = 1 + order
         if self.arch == "encoder":
             tokens[:, start + 1::2] = ByteTokenizer.MASK
             labels[:, start + 1::2] = answers

@@ -150,7 +150,8 @@ def _run_rank(rank: int, world: int, local_rank: int, cfg_dict: dict) -> None:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.nproc or world)))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.nproc or world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                             timeout=DEFAULT_TIMEOUT,
                             **({"device_id": device} if cuda else {}))

@@ -18,7 +18,7 @@ class TrainConfig:
     seq_len: int = 512
     batch_size: int = 8
     steps: int = 600
-    lr: float = 1e-2
+    lr: float = 3e-3
     seed: int = 0
     nproc: int | None = None
     dp: int | None = None
