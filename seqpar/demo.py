@@ -82,16 +82,26 @@ def _reference(full, causal, device):
     return outs
 
 
-def _one(args, device, full, ref, strategy, causal):
+def _hybrid_mesh(device: torch.device, world: int):
+    """A (ulysses=2, ring=P/2) mesh for the hybrid row, or None for odd P."""
+    if world < 2 or world % 2:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (2, world // 2), mesh_dim_names=("ulysses", "ring"))
+
+
+def _one(args, device, full, ref, strategy, causal, group=None):
     dtype = getattr(torch, args.dtype)
-    q, k, v = (shard(t, dim=2, layout=args.layout).to(dtype).requires_grad_()
+    q, k, v = (shard(t, dim=2, group=group, layout=args.layout).to(dtype).requires_grad_()
                for t in full[:3])
-    dout = shard(full[3], dim=2, layout=args.layout).to(dtype)
+    dout = shard(full[3], dim=2, group=group, layout=args.layout).to(dtype)
 
     def step():
         for t in (q, k, v):
             t.grad = None
-        out = attention(q, k, v, strategy=strategy, causal=causal, layout=args.layout)
+        out = attention(q, k, v, strategy=strategy, group=group, causal=causal,
+                        layout=args.layout)
         out.backward(dout)
         return out
 
@@ -105,7 +115,8 @@ def _one(args, device, full, ref, strategy, causal):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
     got = [out.detach(), q.grad, k.grad, v.grad]
-    err = max(_rel(g, shard(r, dim=2, layout=args.layout)) for g, r in zip(got, ref))
+    err = max(_rel(g, shard(r, dim=2, group=group, layout=args.layout))
+              for g, r in zip(got, ref))
     row = torch.tensor([err, sent.bytes_sent, mem.used, elapsed], dtype=torch.float64,
                        device=device)
     dist.all_reduce(row, op=dist.ReduceOp.MAX)
@@ -135,16 +146,24 @@ def _demo(device: torch.device, args) -> None:
     full = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).double().to(device)
             for s in shapes]
     strategies = args.strategies.split(",") if args.strategies else list(STRATEGIES)
+    mesh = _hybrid_mesh(device, world) if "hybrid" in strategies else None
     rows = []
     for causal in (False, True):
         ref = _reference(full, causal, device)
         for strategy in strategies:
-            if strategy == "ulysses" and (args.heads % world or args.kv_heads % world):
+            if strategy == "ulysses" and args.heads % world:
                 if rank == 0:
-                    print(f"skipping ulysses: heads {args.heads}/{args.kv_heads} not divisible "
-                          f"by {world} ranks", file=sys.stderr)
+                    print(f"skipping ulysses: {args.heads} heads not divisible by {world} "
+                          "ranks", file=sys.stderr)
                 continue
-            rows.append((strategy, causal, *_one(args, device, full, ref, strategy, causal)))
+            if strategy == "hybrid" and mesh is None:
+                if rank == 0:
+                    print(f"skipping hybrid: needs an even number of ranks, got {world}",
+                          file=sys.stderr)
+                continue
+            group = mesh if strategy == "hybrid" else None
+            rows.append((strategy, causal,
+                         *_one(args, device, full, ref, strategy, causal, group)))
     if rank != 0:
         return
     tol = TOLERANCE[dtype]
@@ -157,7 +176,8 @@ def _demo(device: torch.device, args) -> None:
     for strategy, causal, err, sent, peak, secs in rows:
         ok = err <= tol
         bad += not ok
-        print(f"{strategy:<10} {'causal' if causal else 'full':<7} {err:>11.2e} "
+        name = "hybrid2xR" if strategy == "hybrid" else strategy
+        print(f"{name:<10} {'causal' if causal else 'full':<7} {err:>11.2e} "
               f"{'yes' if ok else 'NO':>3} {sent / 2**20:>14.2f} {peak / 2**20:>14.1f} "
               f"{secs * 1e3:>11.1f}")
     print(f"(errors: output and dq/dk/dv vs float64 dense, relative; tolerance {tol:g}; "

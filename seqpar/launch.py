@@ -25,7 +25,8 @@ def under_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free local TCP port for a spawned group's rendezvous."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -67,5 +68,5 @@ def run(fn: Callable[..., None], nproc: int, *args) -> None:
             dist.destroy_process_group()
         return
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    mp.start_processes(_spawned, args=(nproc, _free_port(), fn, args, threads), nprocs=nproc,
+    mp.start_processes(_spawned, args=(nproc, free_port(), fn, args, threads), nprocs=nproc,
                        start_method="spawn")

@@ -10,7 +10,6 @@ collective here, because a rank that decides differently would hang the rest.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 import traceback
@@ -22,11 +21,9 @@ import torch
 import torch.distributed as dist
 
 from ..comm.compat import all_gather_flat
+from ..launch import free_port, under_launcher
 
-
-def under_torchrun() -> bool:
-    """True when launched by torchrun (or anything that sets RANK and WORLD_SIZE)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+under_torchrun = under_launcher  # launched by torchrun (or anything setting RANK/WORLD_SIZE)
 
 
 @dataclass
@@ -76,12 +73,6 @@ def init_from_env(timeout_s: float = 180.0) -> Dist:
     return Dist(rank, world, local_rank, device, backend)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child(rank: int, world: int, port: int, fn: Callable[..., int], args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
@@ -103,7 +94,7 @@ def spawn(fn: Callable[..., int], nproc: int, *args, grace_s: float = 60.0) -> i
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_child, args=(r, nproc, port, fn, args)) for r in range(nproc)]
     for p in procs:
         p.start()

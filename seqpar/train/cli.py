@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import traceback
 from dataclasses import fields
 from pathlib import Path
 
+from ..launch import free_port, under_launcher
 from .config import DTYPES, TrainConfig
 
 _HELP = {
@@ -111,16 +111,6 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _under_launcher() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _check(cfg: TrainConfig, world: int) -> None:
     """Everything checkable before process groups exist; ValueError listing every degree."""
     from ..data import make_dataset
@@ -185,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    if _under_launcher():
+    if under_launcher():
         world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
     else:
@@ -209,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"seqpar train: error: {exc}", file=sys.stderr)
         return 2
-    if _under_launcher():
+    if under_launcher():
         _run_rank(rank, world, local_rank, cfg.to_dict())
         return 0
     if world == 1:
@@ -222,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        mp.start_processes(_spawned, args=(world, _free_port(), cfg.to_dict()), nprocs=world,
+        mp.start_processes(_spawned, args=(world, free_port(), cfg.to_dict()), nprocs=world,
                            start_method="spawn", join=True)
     except mp.ProcessRaisedException as exc:
         print(f"seqpar train: a rank failed:\n{exc}", file=sys.stderr)
