@@ -43,6 +43,17 @@ class Layout:
         return torch.cat([torch.arange(s, s + n, device=device)
                           for s, n in self.segments(rank, world, length)])
 
+    def rank_order(self, world: int, length: int, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(order, inverse)`` for a sequence gathered in rank order (every rank's
+        shard, rank 0 first): ``order[i]`` is the global position at index i, and
+        ``x.index_select(dim, inverse)`` puts such a sequence into global order."""
+        order = torch.cat([self.global_positions(r, world, length, device)
+                           for r in range(world)])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(length, device=device)
+        return order, inverse
+
 
 @dataclass(frozen=True)
 class Contiguous(Layout):
@@ -142,8 +153,5 @@ def unshard(x: torch.Tensor, *, dim: int, group=None,
     if isinstance(lay, Contiguous):
         return gathered
     length = gathered.shape[dim]
-    order = torch.cat([lay.global_positions(r, world, length, x.device) for r in range(world)])
-    # rank-order index i holds global position order[i]: invert the permutation
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(length, device=x.device)
+    _, inverse = lay.rank_order(world, length, x.device)
     return gathered.index_select(dim, inverse)

@@ -34,10 +34,7 @@ def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
     if not isinstance(layout, Contiguous) and (causal or documents is not None):
         # rank order -> global order: each query run then needs one full block and one
         # diagonal block instead of one per (query run, kv run) pair
-        order = torch.cat([layout.global_positions(r, world, length, q.device)
-                           for r in range(world)])
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(length, device=q.device)
+        _, inverse = layout.rank_order(world, length, q.device)
         kv = kv.index_select(3, inverse)
         kv_segments = [(0, length)]
     else:

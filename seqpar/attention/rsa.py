@@ -14,6 +14,7 @@ import torch
 
 from ..comm import RingExchange, group_rank_size
 from ..kernels import acc_dtype
+from .plan import pair_plan
 
 
 def _ring_pass(x: torch.Tensor, group, world: int, visit) -> None:
@@ -50,7 +51,8 @@ class RingSelfAttention(torch.autograd.Function):
     Backward: V ring (dP, dV riding) -> softmax backward -> K ring (dQ, dK riding)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, group, q_pos, kv_pos, causal: bool, scale: float, doc_of):
+    def forward(ctx, q, k, v, group, q_pos, kv_pos, causal: bool, scale: float, doc_of,
+                visible: list[bool]):
         rank, world = group_rank_size(group)
         b, hq, ls, d = q.shape
         hkv = k.shape[1]
@@ -60,19 +62,17 @@ class RingSelfAttention(torch.autograd.Function):
         qg = q.to(a).reshape(b, hkv, g, ls, d)
         # scores of local queries against every rank's keys, block by source rank
         scores = torch.full((world, b, hkv, g, ls, ls), float("-inf"), dtype=a, device=q.device)
-        visible = [True] * world
 
         def score_block(step, kb):
             src = (rank - step) % world
+            if not visible[src]:  # no visible pair: the whole block stays -inf
+                return
             mask = None  # (Ls, Ls): True where the key is invisible to the query
             if causal:
                 mask = kv_pos[src][None, :] > q_pos[:, None]  # key in the future
             if doc_of is not None:
                 other_doc = doc_of(kv_pos[src])[None, :] != doc_of(q_pos)[:, None]
                 mask = other_doc if mask is None else mask | other_doc
-            if mask is not None and bool(mask.all()):
-                visible[src] = False
-                return
             # (B, Hkv, G, Ls, D) @ (B, Hkv, 1, D, Ls) -> (B, Hkv, G, Ls, Ls)
             s = torch.matmul(qg, kb.to(a).unsqueeze(2).transpose(-1, -2)) * scale
             if mask is not None:
@@ -134,7 +134,7 @@ class RingSelfAttention(torch.autograd.Function):
 
         dk = _ring_pass_with_grad(k, ctx.group, world, key_grads, a)
         return (dq.reshape(b, hq, ls, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def rsa_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):
@@ -146,4 +146,8 @@ def rsa_attention(q, k, v, *, group, layout, causal: bool, scale: float, documen
     if documents is not None:
         ends = torch.tensor([e for _, e in documents], device=q.device)
         doc_of = lambda pos: torch.bucketize(pos, ends, right=True)  # document index
-    return RingSelfAttention.apply(q, k, v, group, kv_pos[rank], kv_pos, causal, scale, doc_of)
+    # which source blocks have any visible pair, from the block planner: no host sync
+    visible = [bool(pair_plan(layout, rank, src, world, length, causal, documents))
+               for src in range(world)]
+    return RingSelfAttention.apply(q, k, v, group, kv_pos[rank], kv_pos, causal, scale, doc_of,
+                                   visible)

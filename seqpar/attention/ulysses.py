@@ -55,10 +55,8 @@ class UlyssesAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, group, chunks: int, seq_order, plan, scale: float):
-        inverse = None
-        if seq_order is not None:
-            inverse = torch.empty_like(seq_order)
-            inverse[seq_order] = torch.arange(seq_order.numel(), device=seq_order.device)
+        # seq_order: (order, inverse) of Layout.rank_order, or None when already in order
+        seq_order, inverse = seq_order if seq_order is not None else (None, None)
         pending = [start_seq_to_heads(parts, group)
                    for parts in zip(q.chunk(chunks, 1), k.chunk(chunks, 1), v.chunk(chunks, 1))]
         saved, outgoing = [], []
@@ -99,9 +97,9 @@ class UlyssesAttention(torch.autograd.Function):
 
 def heads_parallel(q, k, v, *, group, seq_order, causal: bool, scale: float,
                    documents=None, chunks: int | None = None):
-    """Ulysses core over ``group``. ``seq_order`` (or None when already in order):
-    the global position of each token of the gathered sequence, which is the
-    concatenation of the members' shards in group-rank order."""
+    """Ulysses core over ``group``. ``seq_order``: ``Layout.rank_order`` of the
+    gathered sequence (the members' shards in group-rank order), or None when
+    that is already global order."""
     _, world = group_rank_size(group)
     k, v = replicate_kv_heads(k, v, world)
     length = q.shape[2] * world
@@ -120,7 +118,6 @@ def ulysses_attention(q, k, v, *, group, layout, causal: bool, scale: float, doc
     length = q.shape[2] * world
     seq_order = None
     if (causal or documents is not None) and not isinstance(layout, Contiguous):
-        seq_order = torch.cat([layout.global_positions(r, world, length, q.device)
-                               for r in range(world)])
+        seq_order = layout.rank_order(world, length, q.device)
     return heads_parallel(q, k, v, group=group, seq_order=seq_order, causal=causal,
                           scale=scale, documents=documents)

@@ -55,7 +55,7 @@ def _signature(q, k, strategy, layout, causal) -> list[int]:
     """Fixed-length summary of this rank's call, comparable across ranks."""
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor)
             and q.dim() == 4 and k.dim() == 4):
-        return [-1] * 11
+        return [-1] * 10
     lay = (layout if isinstance(layout, Layout)
            else get_layout(layout) if layout in LAYOUT_NAMES else None)
     return [*q.shape, *k.shape[1:2],
@@ -63,12 +63,12 @@ def _signature(q, k, strategy, layout, causal) -> list[int]:
             LAYOUT_NAMES.index(lay.name) if lay is not None else -1,
             int(bool(causal)),
             _DTYPES.index(q.dtype) if q.dtype in _DTYPES else -1,
-            getattr(lay, "block", 0) or 0, 0]
+            getattr(lay, "block", 0) or 0]
 
 
 def _cross_rank_problems(sigs: list[list[int]]) -> list[str]:
     fields = ["B", "Hq", "L_local", "D", "Hkv", "strategy", "layout", "causal", "dtype",
-              "layout block", "(unused)", "cu_seqlens length", "cu_seqlens values"]
+              "layout block", "cu_seqlens length", "cu_seqlens values"]
     problems = []
     for i, name in enumerate(fields):
         values = [s[i] for s in sigs]

@@ -46,17 +46,18 @@ def _cudnn_kv(q, k, v):
 
 def cudnn_forward(q, k, v, *, scale: float, causal: bool):
     global _cudnn_native_gqa
+    res = None
     if k.shape[1] != q.shape[1] and _cudnn_native_gqa is None:
-        try:
+        try:  # first GQA call: does the op take Hkv < Hq as is?
             res = aten._scaled_dot_product_cudnn_attention(
                 q, k, v, None, True, 0.0, causal, False, scale=scale)
             _cudnn_native_gqa = True
         except RuntimeError:
             _cudnn_native_gqa = False
-    ke, ve = _cudnn_kv(q, k, v)
-    res = aten._scaled_dot_product_cudnn_attention(
-        q, ke, ve, None, True, 0.0, causal, False, scale=scale
-    )
+    if res is None:
+        ke, ve = _cudnn_kv(q, k, v)
+        res = aten._scaled_dot_product_cudnn_attention(
+            q, ke, ve, None, True, 0.0, causal, False, scale=scale)
     out, lse = res[0], res[1]
     # lse: (B, Hq, Lq, 1) -> (B, Hq, Lq)
     return out, lse.reshape(q.shape[0], q.shape[1], q.shape[2])
