@@ -31,10 +31,10 @@ def _worker(rank, world_size, port, fn, args, errors):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=60))
-        try:
+        from seqpar.launch import leaving_group_after
+
+        with leaving_group_after():
             fn(rank, world_size, *args)
-        finally:
-            dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - report everything to the parent
         errors.put((rank, traceback.format_exc()))
         raise SystemExit(1) from None

@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import torch
-import torch.distributed as dist
 
 import seqpar
 
 from ..comm import count_bytes
 from ..comm.compat import all_gather_flat
+from ..launch import leaving_group_after
 from ..layout import Layout, Striped, get_layout
 from . import launch
 from .launch import Dist, agree_outcome, all_max, from_rank0, gather_rows
@@ -875,11 +875,8 @@ def _git_commit() -> str | None:
 def worker(args: argparse.Namespace) -> int:
     """One rank: join the group, run the grid, leave the group."""
     d = launch.init_from_env(args.timeout)
-    try:
+    with leaving_group_after():
         return AttentionBench(args, d).run()
-    finally:
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

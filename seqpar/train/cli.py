@@ -21,7 +21,7 @@ import traceback
 from dataclasses import fields
 from pathlib import Path
 
-from ..launch import free_port, under_launcher
+from ..launch import free_port, leaving_group_after, under_launcher
 from .config import DTYPES, TrainConfig
 
 _HELP = {
@@ -145,10 +145,8 @@ def _run_rank(rank: int, world: int, local_rank: int, cfg_dict: dict) -> None:
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                             timeout=DEFAULT_TIMEOUT,
                             **({"device_id": device} if cuda else {}))
-    try:
+    with leaving_group_after():
         train(cfg, device=device, quiet=rank != 0)
-    finally:
-        dist.destroy_process_group()
 
 
 def _spawned(local_rank: int, world: int, port: int, cfg_dict: dict) -> None:
