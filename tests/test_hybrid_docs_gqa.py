@@ -17,7 +17,8 @@ def _hybrid(rank, world, shape):
     mesh = init_device_mesh("cpu", shape, mesh_dim_names=("ulysses", "ring"))
     failures = []
     length = 4 * world
-    for hq, hkv in ((4, 4), (4, 2), (4, 1)):
+    heads = ((4, 4), (4, 2), (4, 1)) if shape[0] != 3 else ((6, 6), (6, 3), (6, 1))
+    for hq, hkv in heads:
         full = make_problem(11 + hkv, b=1, hq=hq, hkv=hkv, length=length, d=8)
         docs = torch.tensor([0, 3, length // 2 + 1, length], dtype=torch.int32)
         for layout in LAYOUTS:
@@ -31,7 +32,7 @@ def _hybrid(rank, world, shape):
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("shape", [(2, 2), (1, 2), (2, 1)])
+@pytest.mark.parametrize("shape", [(2, 2), (1, 2), (2, 1), (1, 3), (3, 1)])
 def test_hybrid_mesh(spawn, shape):
     spawn(_hybrid, shape[0] * shape[1], shape)
 
