@@ -157,3 +157,38 @@ def test_derived_metrics_and_priority_order():
     assert names[:3] == ["sdpa-1dev/cudnn", "ring/zigzag", "hybrid-u2r2/zigzag"]
     assert names[3:5] == ["torch-cp/cudnn/allgather", "torch-cp/cudnn/alltoall"]
     assert names[5] == "sdpa-1dev/flash"
+
+
+def test_profile_breakdown_arithmetic():
+    from seqpar.bench.profile import Span, breakdown, category
+
+    assert category("ncclDevKernel_SendRecv") == "comm"
+    assert category("cudnn_generated_fort_native_sdpa_sm90_knob_7") == "attention"
+    assert category("void at::native::elementwise_kernel<copy>") == "copy"
+    assert category("void at::native::vectorized_elementwise_kernel<exp>") == "elementwise/other"
+    spans = [Span("ncclSendRecv", 0.0, 4.0),            # comm 0-4, compute covers 1-4
+             Span("cudnn_sdpa_fwd", 1.0, 3.0), Span("sdpa_bwd", 2.0, 5.0),
+             Span("exp_kernel", 7.0, 8.0)]               # idle 5-7
+    b = breakdown(spans)
+    assert b["span_ms"] == pytest.approx(8.0)
+    assert b["by_category_ms"]["attention"] == pytest.approx(4.0)  # union of 1-3 and 2-5
+    assert b["by_category_ms"]["comm"] == pytest.approx(4.0)
+    assert b["exposed_comm_ms"] == pytest.approx(1.0)              # 0-1 only
+    assert b["idle_ms"] == pytest.approx(2.0)
+    assert b["compute_busy_ms"] == pytest.approx(5.0)
+    assert b["top"][0]["name"] in ("ncclSendRecv", "sdpa_bwd")
+
+
+def test_bench_profile_cpu(tmp_path):
+    proc, out = _run_bench(tmp_path, "--profile", "--strategies", "ring,ulysses",
+                           "--layouts", "zigzag", "--causal", "--no-peer", "--kv-heads", "4")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    ok = [r for r in results if r["status"] == "ok"]
+    assert len(ok) == 3  # ceiling, ring, ulysses
+    for r in ok:
+        prof = r["profile"]
+        assert prof["span_ms"] > 0 and prof["top"], prof
+        assert len(prof["ranks"]) == 2
+        assert sum(prof["by_category_ms"].values()) > 0
+    assert "comm exposed" in proc.stdout

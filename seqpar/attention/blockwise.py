@@ -51,17 +51,76 @@ def forward_blocks(acc: Accumulator, q, k, v, plan: list[Block], scale: float) -
         acc.add(blk, out, lse)
 
 
+class GradAccumulator:
+    """fp32 gradient sum over runs of positions (dim -2) that a plan's blocks reach.
+
+    The first block to reach a run *writes* it and later ones add, so a fresh
+    buffer is never zeroed and then read back (at 128K per rank that is GiBs of
+    memory traffic per ring step); only runs no block reached are zeroed, once,
+    by ``finish``. ``full=True`` wraps a buffer that already holds a running
+    sum everywhere (the dK/dV arriving over the ring).
+    """
+
+    def __init__(self, buf: torch.Tensor, full: bool = False):
+        self.buf = buf
+        self.length = buf.shape[-2]
+        self.covered: list[tuple[int, int]] = [(0, self.length)] if full else []
+
+    def _gaps(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        gaps, at = [], lo
+        for c0, c1 in self.covered:  # sorted, disjoint
+            if c1 <= at or c0 >= hi:
+                continue
+            if c0 > at:
+                gaps.append((at, c0))
+            at = max(at, c1)
+        if at < hi:
+            gaps.append((at, hi))
+        return gaps
+
+    def _cover(self, lo: int, hi: int) -> None:
+        merged = []
+        for c0, c1 in sorted([*self.covered, (lo, hi)]):
+            if merged and c0 <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], c1))
+            else:
+                merged.append((c0, c1))
+        self.covered = merged
+
+    def add(self, lo: int, hi: int, *grads: torch.Tensor) -> None:
+        """Add ``grads`` (one per leading index of a stacked buffer, or one) at [lo, hi)."""
+        targets = [self.buf] if len(grads) == 1 else list(self.buf)
+        gaps = self._gaps(lo, hi)
+        if gaps == [(lo, hi)]:  # nothing there yet: write
+            for t, g in zip(targets, grads, strict=True):
+                t[..., lo:hi, :].copy_(g)
+        else:
+            for g0, g1 in gaps:
+                self.buf[..., g0:g1, :].zero_()
+            for t, g in zip(targets, grads, strict=True):
+                t[..., lo:hi, :] += g
+        self._cover(lo, hi)
+
+    def finish(self) -> torch.Tensor:
+        for g0, g1 in self._gaps(0, self.length):
+            self.buf[..., g0:g1, :].zero_()
+        self.covered = [(0, self.length)]
+        return self.buf
+
+
 def backward_blocks(dout, q, k, v, out, lse, plan: list[Block], scale: float,
-                    dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> None:
-    """Accumulate every block's gradients into the fp32 buffers ``dq``, ``dk``, ``dv``."""
+                    dq: GradAccumulator) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Every block's gradients: dQ summed into ``dq`` now; ``(k0, k1, dK, dV)`` per block
+    returned in the kernel's dtype, for the caller to add where their running sum is."""
+    kv_grads = []
     for blk in plan:
         rows, cols = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
         gq, gk, gv = block_backward(dout[:, :, rows], q[:, :, rows], k[:, :, cols],
                                     v[:, :, cols], out[:, :, rows], lse[:, :, rows],
                                     scale=scale, causal=blk.causal)
-        dq[:, :, rows] += gq
-        dk[:, :, cols] += gk
-        dv[:, :, cols] += gv
+        dq.add(blk.q0, blk.q1, gq)
+        kv_grads.append((blk.k0, blk.k1, gk, gv))
+    return kv_grads
 
 
 def _is_whole(plan: list[Block], q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -88,11 +147,13 @@ def plan_backward(dout, q, k, v, out, lse, plan: list[Block], scale: float):
                                     causal=plan[0].causal)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
     a = acc_dtype(q.dtype)
-    dq = torch.zeros(q.shape, dtype=a, device=q.device)
-    dk = torch.zeros(k.shape, dtype=a, device=k.device)
-    dv = torch.zeros(v.shape, dtype=a, device=v.device)
-    backward_blocks(dout, q, k, v, out, lse, plan, scale, dq, dk, dv)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    dq = GradAccumulator(torch.empty(q.shape, dtype=a, device=q.device))
+    # (B, Hkv, Lk, D) x 2 -> (2, B, Hkv, Lk, D): dK and dV in one fp32 buffer
+    dkv = GradAccumulator(torch.empty((2, *k.shape), dtype=a, device=k.device))
+    for k0, k1, gk, gv in backward_blocks(dout, q, k, v, out, lse, plan, scale, dq):
+        dkv.add(k0, k1, gk, gv)
+    grads = dkv.finish()
+    return dq.finish().to(q.dtype), grads[0].to(k.dtype), grads[1].to(v.dtype)
 
 
 class PlannedAttention(torch.autograd.Function):

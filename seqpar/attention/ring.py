@@ -14,13 +14,20 @@ import torch
 
 from ..comm import RingExchange, group_rank_size
 from ..kernels import acc_dtype
-from .blockwise import Accumulator, PlannedAttention, backward_blocks, forward_blocks
+from .blockwise import (
+    Accumulator,
+    GradAccumulator,
+    PlannedAttention,
+    backward_blocks,
+    forward_blocks,
+)
 from .plan import Block, Segments, make_plan, pair_plan
 
 
 class RingAttention(torch.autograd.Function):
     """Forward: P steps of (send kv onward | compute local q against the held kv).
-    Backward: P steps of (send kv and its dkv accumulator onward | block grads)."""
+    Backward: P steps of (send kv onward | block grads; add them to the dK/dV running
+    sum that arrived from the previous rank and send it on)."""
 
     @staticmethod
     def forward(ctx, q, k, v, group, plans: list[list[Block]], scale: float):
@@ -47,24 +54,27 @@ class RingAttention(torch.autograd.Function):
         a = acc_dtype(q.dtype)
         kv_ring, grad_ring = RingExchange(ctx.group), RingExchange(ctx.group)
         kv = torch.stack([k, v])  # (2, B, Hkv, Ls, D)
-        dq = torch.zeros(q.shape, dtype=a, device=q.device)
-        local = torch.empty(kv.shape, dtype=a, device=q.device)  # (2, B, Hkv, Ls, D)
-        dkv = None
+        dq = GradAccumulator(torch.empty(q.shape, dtype=a, device=q.device))
         for step in range(world):
             if step + 1 < world:
                 kv_ring.start(kv)
             # this rank's share of the held block's dK/dV, computed while the running
-            # accumulator is still on its way from the previous rank
-            local.zero_()
-            backward_blocks(dout, q, kv[0], kv[1], out, lse, ctx.plans[step], ctx.scale,
-                            dq, local[0], local[1])
-            # dK/dV accumulated so far for the held block: (2, B, Hkv, Ls, D) fp32
-            dkv = grad_ring.wait().add_(local) if step > 0 else local.clone()
-            grad_ring.start(dkv)  # onward; after P hops each block's grads are home
+            # sum is still on its way from the previous rank
+            grads = backward_blocks(dout, q, kv[0], kv[1], out, lse, ctx.plans[step],
+                                    ctx.scale, dq)
+            # dK/dV summed so far for the held block: (2, B, Hkv, Ls, D) fp32
+            if step == 0:
+                dkv = GradAccumulator(torch.empty(kv.shape, dtype=a, device=q.device))
+            else:
+                dkv = GradAccumulator(grad_ring.wait(), full=True)
+            for k0, k1, gk, gv in grads:
+                dkv.add(k0, k1, gk, gv)
+            grads = None
+            grad_ring.start(dkv.finish())  # onward; after P hops each block's grads are home
             if step + 1 < world:
                 kv = kv_ring.wait()
         dkv = grad_ring.wait()
-        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
+        return dq.finish().to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
 
 def ring_over(q, k, v, *, group, segments: list[Segments], causal: bool, scale: float,

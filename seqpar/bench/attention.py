@@ -51,6 +51,7 @@ from .peers import (
     sdpa_backend,
     torch_context_parallel,
 )
+from .profile import profile_step
 from .report import (
     CEILING_RULE,
     FLOPS_RULE,
@@ -175,6 +176,10 @@ def build_parser(device: str) -> argparse.ArgumentParser:
     p.add_argument("--max-plan-pairs", type=int, default=256,
                    help="skip causal ring/allgather variants whose plan would pair more (q run, "
                         "kv run) segments than this per step (one kernel launch each)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile one more iteration per variant (rank 0's "
+                        "kernel time by category, exposed communication, idle time) into "
+                        "the JSON and a table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_attention.json", help="JSON results")
     p.add_argument("--plot", default=None, help="PNG plot (default: --out with .png)")
@@ -775,6 +780,16 @@ class AttentionBench:
         rec["time_ms"] = statistics.median(per_iter)
         if peak is not None:
             rec["peak_gib"] = all_max(d, [peak])[0]
+        if self.args.profile:
+            prof, status, why = self._guarded(lambda: profile_step(runner.step, d.cuda))
+            if status == "ok":
+                spans = gather_rows(d, [prof["span_ms"], prof.get("idle_ms", 0.0),
+                                        prof.get("exposed_comm_ms", 0.0)])
+                prof["ranks"] = [{"span_ms": a, "idle_ms": b, "exposed_comm_ms": c}
+                                 for a, b, c in spans]
+                rec["profile"] = prof
+            else:
+                rec["profile"] = {"skipped": f"profile failed: {why}"}
         if v.kind == "ceiling":
             flops, devices = attention_flops(p.batch, p.hq, rec["L1"], p.d, p.causal), 1
         else:

@@ -145,6 +145,43 @@ def _row(rec: dict) -> list[str]:
             _fmt(None if sent is None else sent / 2**20, ".1f"), _check_cell(rec)]
 
 
+PROFILE_COLUMNS = ("profiled (rank 0)", "span ms", "attention", "copy", "elementwise/other",
+                   "comm (all)", "comm exposed", "idle", "largest non-attention kernel")
+
+
+def _profile_rows(recs: list[dict]) -> list[list[str]]:
+    """Rank 0's profiled iteration per variant: union ms of each kernel category."""
+    rows = []
+    for rec in recs:
+        prof = rec.get("profile") or {}
+        if "span_ms" not in prof:
+            continue
+        cats = prof.get("by_category_ms", {})
+        glue = [t for t in prof.get("top", [])
+                if t.get("category") not in ("attention", "comm")]
+        top = "-"
+        if glue:
+            top = f"{glue[0]['name'][:48]} ({glue[0]['ms']:.2f} ms x{glue[0]['count']})"
+        rows.append([rec["name"], _fmt(prof["span_ms"], ".2f")]
+                    + [_fmt(cats.get(c, 0.0), ".2f") for c in
+                       ("attention", "copy", "elementwise/other", "comm")]
+                    + [_fmt(prof.get("exposed_comm_ms"), ".2f"), _fmt(prof.get("idle_ms"), ".2f"),
+                       top])
+    return rows
+
+
+def _grid(columns: tuple, rows: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        return (["| " + " | ".join(columns) + " |",
+                 "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
+                + ["| " + " | ".join(r) + " |" for r in rows])
+    if not rows:
+        return []
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    return ["  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i])
+                      for i, v in enumerate(r)) for r in [list(columns), *rows]]
+
+
 def format_table(records: list[dict], meta: dict, markdown: bool = False,
                  reason_width: int = 110) -> str:
     """One block per problem: ok rows as a table, then what was skipped or failed and why."""
@@ -160,16 +197,11 @@ def format_table(records: list[dict], meta: dict, markdown: bool = False,
         bad = [r for r in recs if not _ok(r)]
         out.append(("### " if markdown else "== ") + _title(key, recs, meta))
         rows = [_row(r) for r in ok]
-        if markdown:
-            out.append("| " + " | ".join(COLUMNS) + " |")
-            out.append("|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|")
-            out += ["| " + " | ".join(r) + " |" for r in rows]
-        elif rows:
-            widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
-            out.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
-                                 for i, c in enumerate(COLUMNS)))
-            out += ["  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i])
-                              for i, v in enumerate(r)) for r in rows]
+        out += _grid(COLUMNS, rows, markdown)
+        prof_rows = _profile_rows(ok)
+        if prof_rows:
+            out.append("")
+            out += _grid(PROFILE_COLUMNS, prof_rows, markdown)
         for r in bad:
             reason = " ".join(str(r.get("reason") or "").split())
             if len(reason) > reason_width:
