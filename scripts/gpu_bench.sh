@@ -8,7 +8,8 @@
 #   NPROC=2 SEQ_LENS=32K,128K bash scripts/gpu_bench.sh
 #
 # Knobs (environment): OUT, NPROC, SEQ_LENS, KV_HEADS, PAIRS, TOTAL_S, MAX_VARIANT_S,
-# SKIP_TESTS=1, EXTRA (more `seqpar bench attention` options).
+# SKIP_TESTS=1, TAG (file-name suffix, default p$NPROC), EXTRA (more `seqpar bench attention`
+# options, e.g. --profile).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -28,7 +29,7 @@ KV_HEADS=${KV_HEADS:-32,8}
 PAIRS=${PAIRS:-ring/zigzag,ulysses/contiguous,allgather/zigzag,hybrid/zigzag}
 TOTAL_S=${TOTAL_S:-500}
 MAX_VARIANT_S=${MAX_VARIANT_S:-6}
-TAG=p${NPROC}
+TAG=${TAG:-p$NPROC}
 status=0
 
 {

@@ -14,13 +14,17 @@ def merge(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor,
     """Combine two partial softmax results of the same query rows.
 
     ``lse = log(exp(lse) + exp(block_lse))``, ``out = Σ exp(lse_i - lse)·out_i``;
-    rows with no visible key yet (lse = -inf) stay 0 without NaNs.
+    rows with no visible key yet (lse = -inf) stay 0 without NaNs. ``out`` is
+    updated in place (one read-modify-write pass for the old part, one fused
+    multiply-add for the new), so a merge costs ~3 passes over fp32 ``out``
+    rather than the ~8 of the out-of-place expression.
     """
     new_lse = torch.logaddexp(lse, block_lse)
     safe = torch.where(torch.isinf(new_lse), torch.zeros_like(new_lse), new_lse)
     w_old = torch.exp(lse - safe).unsqueeze(-1)
     w_new = torch.exp(block_lse - safe).unsqueeze(-1)
-    return out * w_old + block_out.to(out.dtype) * w_new, new_lse
+    out.mul_(w_old).addcmul_(block_out, w_new)
+    return out, new_lse
 
 
 class Accumulator:
@@ -38,8 +42,8 @@ class Accumulator:
         if not self._touched and block.q0 == 0 and block.q1 == self.out.shape[2]:
             self.out, self.lse = out.to(self.acc), lse.to(self.acc)
         else:
-            o, s = merge(self.out[:, :, rows], self.lse[:, :, rows], out, lse.to(self.acc))
-            self.out[:, :, rows], self.lse[:, :, rows] = o, s
+            _, s = merge(self.out[:, :, rows], self.lse[:, :, rows], out, lse.to(self.acc))
+            self.lse[:, :, rows] = s  # the out rows were merged in place
         self._touched = True
 
 
