@@ -40,3 +40,21 @@ def test_grad_accumulator_matches_zero_then_add():
                 acc.add(lo, hi, g)
                 expect[..., lo:hi, :] += g
         torch.testing.assert_close(acc.finish(), expect, rtol=0, atol=1e-12)
+
+
+def test_reorder_by_runs_matches_index_select():
+    import seqpar
+    from seqpar.attention.reorder import MAX_RUNS, pieces_for, reorder
+
+    for layout in ("zigzag", "contiguous", seqpar.Striped(block=4), seqpar.Striped(block=1)):
+        order, inverse = seqpar.layout.get_layout(layout).rank_order(4, 64)
+        x = torch.randn(2, 1, 3, 64, 5, dtype=torch.float64, requires_grad=True)
+        y = reorder(x, 3, inverse, order)
+        torch.testing.assert_close(y, x.index_select(3, inverse), rtol=0, atol=0)
+        g = torch.randn_like(y)
+        (gx,) = torch.autograd.grad(y, x, g)
+        torch.testing.assert_close(gx, torch.zeros_like(x).index_add(3, inverse, g),
+                                   rtol=0, atol=0)
+    # zigzag: 2P chunks, rank P-1's two are adjacent and merge
+    assert len(pieces_for(seqpar.layout.get_layout("zigzag").rank_order(4, 64)[1])) == 7
+    assert len(pieces_for(seqpar.Striped(block=1).rank_order(4, 256)[1])) > MAX_RUNS

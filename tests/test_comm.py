@@ -51,17 +51,25 @@ def test_bytes_match_formula(spawn, world):
 
 
 def _collectives(rank, world):
+    # B=2 takes the packed all-to-all, B=1 the direct point-to-point exchange
+    for b in (2, 1):
+        torch.manual_seed(rank)
+        x = torch.randn(b, 2 * world, 5, 3, dtype=torch.float64, requires_grad=True)
+        y = torch.randn(b, world, 5, 3, dtype=torch.float64, requires_grad=True)
+        xh, yh = comm.seq_to_heads(x, y, group=None)
+        assert xh.shape == (b, 2, 5 * world, 3), xh.shape
+        assert yh.shape == (b, 1, 5 * world, 3), yh.shape
+        xb, yb = comm.heads_to_seq(xh, yh, group=None)
+        assert torch.equal(xb, x) and torch.equal(yb, y)
+        # full-sequence view: shard s of head h on rank r comes from rank s
+        full = seqpar.unshard(x.detach(), dim=2)
+        assert torch.equal(xh.detach(), full[:, 2 * rank:2 * rank + 2])
+        # the round trip is the identity, so are its gradients (both directions' backward)
+        gx, gy = torch.randn_like(x), torch.randn_like(y)
+        dx, dy = torch.autograd.grad((xb, yb), (x, y), (gx, gy))
+        assert torch.equal(dx, gx) and torch.equal(dy, gy)
     torch.manual_seed(rank)
     x = torch.randn(2, 2 * world, 5, 3, dtype=torch.float64, requires_grad=True)
-    y = torch.randn(2, world, 5, 3, dtype=torch.float64, requires_grad=True)
-    xh, yh = comm.seq_to_heads(x, y, group=None)
-    assert xh.shape == (2, 2, 5 * world, 3), xh.shape
-    assert yh.shape == (2, 1, 5 * world, 3), yh.shape
-    xb, yb = comm.heads_to_seq(xh, yh, group=None)
-    assert torch.equal(xb, x) and torch.equal(yb, y)
-    # full-sequence view: shard s of head h on rank r comes from rank s
-    full = seqpar.unshard(x.detach(), dim=2)
-    assert torch.equal(xh.detach(), full[:, 2 * rank:2 * rank + 2])
     # adjoint: <AG(x), g> summed over ranks == <x, RS(g)>
     g = torch.randn(2, 2 * world, 5 * world, 3, dtype=torch.float64)
     ag = comm.all_gather_seq(x, 2, None)

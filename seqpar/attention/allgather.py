@@ -14,6 +14,7 @@ from ..comm import all_gather_seq, group_rank_size
 from ..layout import Contiguous, Striped
 from .blockwise import PlannedAttention
 from .plan import Block, make_plan, pair_plan
+from .reorder import reorder
 
 
 def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
@@ -34,8 +35,8 @@ def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
     if not isinstance(layout, Contiguous) and (causal or documents is not None):
         # rank order -> global order: each query run then needs one full block and one
         # diagonal block instead of one per (query run, kv run) pair
-        _, inverse = layout.rank_order(world, length, q.device)
-        kv = kv.index_select(3, inverse)
+        order, inverse = layout.rank_order(world, length)  # on the host: runs, no sync
+        kv = reorder(kv, 3, inverse, order)
         kv_segments = [(0, length)]
     else:
         kv_segments = [seg for r in range(world) for seg in layout.segments(r, world, length)]

@@ -19,15 +19,20 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 class Pending:
-    """An all-to-all in flight; ``wait()`` returns its unpacked result."""
+    """An exchange in flight; ``wait()`` returns its unpacked result."""
 
-    def __init__(self, work, recv: torch.Tensor, unpack):
-        self._work, self._recv, self._unpack = work, recv, unpack
+    def __init__(self, works, recv, unpack, keep=()):
+        self._works = [w for w in (works if isinstance(works, list) else [works])
+                       if w is not None]
+        self._recv, self._unpack = recv, unpack
+        self._keep = keep  # send buffers that must live until the sends complete
 
     def wait(self) -> tuple[torch.Tensor, ...]:
-        if self._work is not None:
-            self._work.wait()
-        return self._unpack(self._recv)
+        for work in self._works:
+            work.wait()
+        out = self._unpack(self._recv)
+        self._keep = ()
+        return out
 
 
 def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup, async_op: bool = False):
@@ -40,8 +45,83 @@ def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup, async_op: bool = Fals
     return (out, work) if async_op else out
 
 
+def _exchange(sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torch.Tensor]],
+              group: dist.ProcessGroup) -> list:
+    """One grouped set of point-to-point messages (a personalised all-to-all whose pieces
+    go straight from and to where they live); ``sends``/``recvs``: (group rank, buffer)."""
+    def peer(j: int) -> int:
+        return j if group is None else dist.get_global_rank(group, j)
+
+    ops = [dist.P2POp(dist.isend, t, peer(j), group) for j, t in sends]
+    ops += [dist.P2POp(dist.irecv, t, peer(j), group) for j, t in recvs]
+    record("all_to_all", sum(_nbytes(t) for _, t in sends))
+    return dist.batch_isend_irecv(ops) if ops else []
+
+
+def _direct(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether the point-to-point path applies: B = 1, so a head group (seq -> heads) or
+    a rank's slot of the result (heads -> seq) is one contiguous run of memory."""
+    return all(t.shape[0] == 1 and t.is_contiguous() for t in tensors)
+
+
+def _start_seq_to_heads_direct(tensors, group) -> Pending:
+    """B = 1: head group j of each input is sent to rank j as it lies (no packing copy);
+    what arrives is interleaved once into (1, H_i/P, P*Ls, D)."""
+    rank, world = group_rank_size(group)
+    _, _, ls, d = tensors[0].shape
+    sends, recvs, stages = [], [], []
+    for t in tensors:
+        h = t.shape[1] // world
+        groups = t[0].view(world, h, ls, d)  # head group j -> rank j
+        stage = torch.empty_like(groups)  # (P, H/P, Ls, D), dim 0 = source rank
+        sends += [(j, groups[j]) for j in range(world) if j != rank]
+        recvs += [(j, stage[j]) for j in range(world) if j != rank]
+        stages.append((stage, groups[rank]))
+    works = _exchange(sends, recvs, group)
+
+    def unpack(stages):
+        out = []
+        for stage, mine in stages:
+            h = stage.shape[1]
+            full = stage.new_empty(1, h, world * ls, d)
+            view = full[0].view(h, world, ls, d)  # sequence = (source rank, Ls)
+            for j in range(world):
+                view[:, j].copy_(mine if j == rank else stage[j])
+            out.append(full)
+        return tuple(out)
+
+    return Pending(works, stages, unpack)
+
+
+def _start_heads_to_seq_direct(tensors, group) -> Pending:
+    """B = 1: sequence slot j of each input is packed once and sent to rank j; what
+    arrives from rank i lands directly in head group i of the result."""
+    rank, world = group_rank_size(group)
+    _, _, l_full, d = tensors[0].shape
+    ls = l_full // world
+    sends, recvs, results, keep = [], [], [], []
+    for t in tensors:
+        h = t.shape[1]
+        slots = t[0].view(h, world, ls, d)  # sequence slot j -> rank j
+        result = t.new_empty(1, world * h, ls, d)
+        groups = result[0].view(world, h, ls, d)  # head group i <- rank i
+        for j in range(world):
+            if j == rank:
+                groups[j].copy_(slots[:, j])
+            else:
+                send = slots[:, j].contiguous()
+                keep.append(send)
+                sends.append((j, send))
+                recvs.append((j, groups[j]))
+        results.append(result)
+    works = _exchange(sends, recvs, group)
+    return Pending(works, tuple(results), lambda r: r, keep=tuple(keep))
+
+
 def start_seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
-    """Pack tensors, start one all-to-all: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D) on wait."""
+    """Start one exchange: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D) on wait."""
+    if _direct(tensors):
+        return _start_seq_to_heads_direct(tensors, group)
     _, world = group_rank_size(group)
     b, _, ls, d = tensors[0].shape
     heads = [t.shape[1] // world for t in tensors]
@@ -60,6 +140,8 @@ def start_seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGro
 
 def start_heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
     """Inverse of :func:`start_seq_to_heads`: (B, H_i/P, P*Ls, D) -> (B, H_i, Ls, D)."""
+    if _direct(tensors):
+        return _start_heads_to_seq_direct(tensors, group)
     _, world = group_rank_size(group)
     b, _, l_full, d = tensors[0].shape
     ls = l_full // world
