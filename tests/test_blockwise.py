@@ -44,17 +44,21 @@ def test_grad_accumulator_matches_zero_then_add():
 
 def test_reorder_by_runs_matches_index_select():
     import seqpar
-    from seqpar.attention.reorder import MAX_RUNS, pieces_for, reorder
+    from seqpar.attention.reorder import MAX_RUNS, rank_order_pieces, to_global_order
 
     for layout in ("zigzag", "contiguous", seqpar.Striped(block=4), seqpar.Striped(block=1)):
-        order, inverse = seqpar.layout.get_layout(layout).rank_order(4, 64)
-        x = torch.randn(2, 1, 3, 64, 5, dtype=torch.float64, requires_grad=True)
-        y = reorder(x, 3, inverse, order)
-        torch.testing.assert_close(y, x.index_select(3, inverse), rtol=0, atol=0)
-        g = torch.randn_like(y)
-        (gx,) = torch.autograd.grad(y, x, g)
-        torch.testing.assert_close(gx, torch.zeros_like(x).index_add(3, inverse, g),
-                                   rtol=0, atol=0)
-    # zigzag: 2P chunks, rank P-1's two are adjacent and merge
-    assert len(pieces_for(seqpar.layout.get_layout("zigzag").rank_order(4, 64)[1])) == 7
-    assert len(pieces_for(seqpar.Striped(block=1).rank_order(4, 256)[1])) > MAX_RUNS
+        lay = seqpar.layout.get_layout(layout)
+        for world in (1, 3, 4):
+            length = 24 * world
+            _, inverse = lay.rank_order(world, length)
+            x = torch.randn(2, 1, 3, length, 5, dtype=torch.float64, requires_grad=True)
+            y = to_global_order(x, 3, lay, world)
+            torch.testing.assert_close(y, x.index_select(3, inverse), rtol=0, atol=0)
+            g = torch.randn_like(y)
+            (gx,) = torch.autograd.grad(y, x, g)
+            torch.testing.assert_close(gx, torch.zeros_like(x).index_add(3, inverse, g),
+                                       rtol=0, atol=0)
+    # zigzag: 2P chunks, rank P-1's two are adjacent in both orders and merge
+    to_global, to_rank = rank_order_pieces(seqpar.layout.get_layout("zigzag"), 4, 64)
+    assert len(to_global) == len(to_rank) == 7
+    assert len(rank_order_pieces(seqpar.Striped(block=1), 4, 256)[0]) > MAX_RUNS

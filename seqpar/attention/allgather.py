@@ -14,7 +14,7 @@ from ..comm import all_gather_seq, group_rank_size
 from ..layout import Contiguous, Striped
 from .blockwise import PlannedAttention
 from .plan import Block, make_plan, pair_plan
-from .reorder import reorder
+from .reorder import to_global_order
 
 
 def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
@@ -35,8 +35,7 @@ def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
     if not isinstance(layout, Contiguous) and (causal or documents is not None):
         # rank order -> global order: each query run then needs one full block and one
         # diagonal block instead of one per (query run, kv run) pair
-        order, inverse = layout.rank_order(world, length)  # on the host: runs, no sync
-        kv = reorder(kv, 3, inverse, order)
+        kv = to_global_order(kv, 3, layout, world)
         kv_segments = [(0, length)]
     else:
         kv_segments = [seg for r in range(world) for seg in layout.segments(r, world, length)]
