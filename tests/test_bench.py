@@ -192,3 +192,34 @@ def test_bench_profile_cpu(tmp_path):
         assert len(prof["ranks"]) == 2
         assert sum(prof["by_category_ms"].values()) > 0
     assert "comm exposed" in proc.stdout
+
+
+def test_scaling_table_and_hybrid_variants(tmp_path):
+    base = dict(L=1024, hkv=8, causal=True, batch=1, hq=8, d=64, dtype="bfloat16",
+                status="ok", reason="")
+    files = []
+    for world, ours, peer in ((2, 400.0, 380.0), (4, 350.0, 360.0)):
+        recs = [dict(base, kind="ceiling", name="sdpa-1dev/cudnn", tflops_per_gpu=500.0,
+                     world_size=world),
+                dict(base, kind="seqpar", name="ring/zigzag", tflops_per_gpu=ours,
+                     world_size=world, peak_gib=1.0),
+                dict(base, kind="peer", name="torch-cp/cudnn/allgather", tflops_per_gpu=peer,
+                     world_size=world, peak_gib=2.0)]
+        path = tmp_path / f"p{world}" / "bench.json"
+        report.write_json(str(path), {"world_size": world}, recs)
+        files.append(str(path))
+    runs = [(f"p{w}", {"world_size": w}, json.loads(open(f).read())["results"])
+            for w, f in zip((2, 4), files)]
+    lines = report.scaling_table(runs).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| 1K | 8 | causal | 2 | p2 | ring/zigzag")
+    assert "| 1.05 |" in lines[2] and "| 0.97 |" in lines[3]
+    assert report.main([*files, "--scaling"]) == 0
+
+    class Args:
+        no_ceiling = no_peer = True
+        ceiling_backends = peer_backends = rotate_methods = []
+        strategies, layouts, hybrid_ulysses = ["hybrid"], ["zigzag"], [2, 4]
+
+    assert [v.name for v in variants_for(Args, 8)] == ["hybrid-u2r4/zigzag",
+                                                       "hybrid-u4r2/zigzag"]
+    assert [v.ulysses for v in variants_for(Args, 8)] == [2, 4]

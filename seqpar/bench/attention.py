@@ -153,9 +153,10 @@ def build_parser(device: str) -> argparse.ArgumentParser:
     p.add_argument("--peer-on-cpu", action="store_true",
                    help="try the peer on CPU anyway (torch 2.13: ~1 min of DTensor sharding "
                         "propagation per call, then NotImplementedError)")
-    p.add_argument("--hybrid-ulysses", type=int, default=None,
-                   help="ulysses size U of the U x R mesh for strategy 'hybrid' (default: the "
-                        "smallest divisor of P that is >= sqrt(P))")
+    p.add_argument("--hybrid-ulysses", type=_int_list, default=None,
+                   help="ulysses size(s) U of the U x R mesh for strategy 'hybrid', e.g. 2,4 on "
+                        "8 GPUs runs 2x4 and 4x2 (default: the smallest divisor of P that is "
+                        ">= sqrt(P))")
     p.add_argument("--no-ceiling", action="store_true", help="skip the single-device ceiling")
     p.add_argument("--ceiling-backends", type=_names, default=dflt["ceiling_backends"],
                    help=f"SDPA backends for the ceiling, from {SDPA_BACKENDS}")
@@ -258,6 +259,7 @@ class Variant:
     layout: str | None = None
     backend: str | None = None
     rotate: str | None = None
+    ulysses: int | None = None  # hybrid: U of the U x R mesh
 
 
 def hybrid_shape(world: int, ulysses: int | None = None) -> tuple[int, int]:
@@ -271,6 +273,13 @@ def hybrid_shape(world: int, ulysses: int | None = None) -> tuple[int, int]:
     return ulysses, world // ulysses
 
 
+def hybrid_sizes(world: int, ulysses: list[int] | int | None) -> list[int]:
+    """The U values of the hybrid meshes to run (``--hybrid-ulysses``, else the default)."""
+    if ulysses is None:
+        return [hybrid_shape(world)[0]]
+    return [ulysses] if isinstance(ulysses, int) else list(ulysses)
+
+
 def variants_for(args: argparse.Namespace, world: int = 1) -> list[Variant]:
     """Variants in priority order (what a time budget keeps first): the fastest ceiling,
     our strategies, the peer on the first backend, then the other backends."""
@@ -282,11 +291,16 @@ def variants_for(args: argparse.Namespace, world: int = 1) -> list[Variant]:
     pairs = getattr(args, "pairs", None) or [(s, lay) for s in args.strategies
                                              for lay in args.layouts]
     for strategy, layout in pairs:
-        label = strategy
-        if strategy == "hybrid":
+        if strategy != "hybrid":
+            ours.append(Variant("seqpar", f"{strategy}/{layout}", strategy=strategy,
+                                layout=layout))
+            continue
+        for u in hybrid_sizes(world, args.hybrid_ulysses):
+            label = "hybrid"
             with contextlib.suppress(ValueError):
-                label = "hybrid-u{}r{}".format(*hybrid_shape(world, args.hybrid_ulysses))
-        ours.append(Variant("seqpar", f"{label}/{layout}", strategy=strategy, layout=layout))
+                label = "hybrid-u{}r{}".format(*hybrid_shape(world, u))
+            ours.append(Variant("seqpar", f"{label}/{layout}", strategy=strategy,
+                                layout=layout, ulysses=u))
     if not args.no_peer:
         for i, backend in enumerate(args.peer_backends):
             for rotate in args.rotate_methods:
@@ -374,8 +388,9 @@ class AttentionBench:
         self.records: list[dict] = []
         self.rates: dict[tuple, float] = {}  # (variant name, causal) -> last TFLOP/s per GPU
         self.mesh = None  # 1-D DeviceMesh for the peer
-        self.hybrid_mesh = None  # 2-D ("ulysses", "ring") DeviceMesh for strategy "hybrid"
-        self.hybrid_error = "hybrid mesh not created"
+        # 2-D ("ulysses", "ring") DeviceMeshes for strategy "hybrid", by U; why one is missing
+        self.hybrid_meshes: dict[int, object] = {}
+        self.hybrid_errors: dict[int, str] = {}
         self.meta = self._meta()
 
     # ------------------------------------------------------------ metadata and output
@@ -447,9 +462,9 @@ class AttentionBench:
         layout = parse_layout(v.layout)
         group = self.d.group
         if v.strategy == "hybrid":
-            if self.hybrid_mesh is None:
-                raise ValueError(self.hybrid_error)
-            group = self.hybrid_mesh
+            if v.ulysses not in self.hybrid_meshes:
+                raise ValueError(self.hybrid_errors.get(v.ulysses, "hybrid mesh not created"))
+            group = self.hybrid_meshes[v.ulysses]
         # which global tokens this rank holds (for a hybrid mesh: slice r*U+u)
         positions = seqpar.position_ids(p.length, group=group, layout=layout,
                                         device=self.d.device)
@@ -516,10 +531,7 @@ class AttentionBench:
                     "DTensor sharding propagation, then the backward raises); --peer-on-cpu "
                     "tries anyway")
         if v.kind == "seqpar" and p.causal and d.world > 1:
-            ulysses = 1
-            if v.strategy == "hybrid":
-                with contextlib.suppress(ValueError):
-                    ulysses = hybrid_shape(d.world, args.hybrid_ulysses)[0]
+            ulysses = v.ulysses if v.strategy == "hybrid" and v.ulysses else 1
             pairs = plan_pairs(parse_layout(v.layout), v.strategy, d.world, p.length, ulysses)
             if pairs > args.max_plan_pairs:
                 return ("skipped", f"causal {v.strategy} plan with layout {v.layout!r} pairs up "
@@ -809,14 +821,15 @@ class AttentionBench:
             except Exception as exc:  # noqa: BLE001 - the peer rows record why
                 self._say(f"no device mesh for the peer: {exc}")
         if "hybrid" in args.strategies:
-            try:
-                from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.device_mesh import init_device_mesh
 
-                shape = hybrid_shape(d.world, args.hybrid_ulysses)
-                self.hybrid_mesh = init_device_mesh(d.device.type, shape,
-                                                    mesh_dim_names=("ulysses", "ring"))
-            except Exception as exc:  # noqa: BLE001 - the hybrid rows record why
-                self.hybrid_error = f"no ('ulysses', 'ring') mesh: {_classify(exc)[1]}"
+            for u in hybrid_sizes(d.world, args.hybrid_ulysses):
+                try:
+                    self.hybrid_meshes[u] = init_device_mesh(
+                        d.device.type, hybrid_shape(d.world, u),
+                        mesh_dim_names=("ulysses", "ring"))
+                except Exception as exc:  # noqa: BLE001 - the hybrid rows record why
+                    self.hybrid_errors[u] = f"no ('ulysses', 'ring') mesh: {_classify(exc)[1]}"
         self._say(
             f"seqpar bench attention: P={d.world} ({d.backend}) on {self.meta['gpu'] or 'CPU'}, "
             f"torch {torch.__version__}; B={args.batch} Hq={args.heads} Hkv={args.kv_heads} "

@@ -211,6 +211,38 @@ def format_table(records: list[dict], meta: dict, markdown: bool = False,
     return "\n".join(out)
 
 
+SCALING_COLUMNS = ("L", "Hkv", "mask", "GPUs", "run", "best seqpar", "TFLOP/s/GPU", "% ceiling",
+                   "peak GiB", "best peer", "peer TFLOP/s/GPU", "peer peak GiB", "x peer")
+
+
+def scaling_table(runs: list[tuple[str, dict, list[dict]]], markdown: bool = True) -> str:
+    """One row per (problem, world size) over several bench files: how the best seqpar
+    variant and the best peer scale from 2 to 4 to 8 GPUs at the same total length."""
+    rows = []
+    for label, meta, records in runs:
+        derive(records)
+        groups: dict[tuple, list[dict]] = {}
+        for rec in records:
+            groups.setdefault(problem_key(rec), []).append(rec)
+        for (length, hkv, causal), recs in groups.items():
+            ours = _best(r for r in recs if r["kind"] == "seqpar")
+            peer = _best(r for r in recs if r["kind"] == "peer")
+            if ours is None and peer is None:
+                continue
+            world = meta.get("world_size", recs[0].get("world_size"))
+            rows.append(((length, -hkv, not causal, world), [
+                human_length(length), str(hkv), "causal" if causal else "full", str(world),
+                label,
+                ours["name"] if ours else "-", _fmt(ours and ours["tflops_per_gpu"], ".1f"),
+                _fmt(ours and ours.get("pct_of_ceiling"), ".1f"),
+                _fmt(ours and ours.get("peak_gib"), ".2f"),
+                peer["name"] if peer else "-", _fmt(peer and peer["tflops_per_gpu"], ".1f"),
+                _fmt(peer and peer.get("peak_gib"), ".2f"),
+                _fmt(ours and ours.get("ratio_to_best_peer"), ".2f")]))
+    rows.sort(key=lambda r: r[0])
+    return "\n".join(_grid(SCALING_COLUMNS, [r for _, r in rows], markdown))
+
+
 def write_json(path: str, meta: dict, records: list[dict]) -> None:
     """Write atomically (tmp + rename) so a run killed mid-write leaves the last good file."""
     summary = derive(records)
@@ -226,17 +258,28 @@ def main(argv: list[str] | None = None) -> int:
     """``seqpar bench report RESULTS.json [--markdown] [--plot PNG]``."""
     parser = argparse.ArgumentParser(prog="seqpar bench report",
                                      description="Print the table of a bench JSON file.")
-    parser.add_argument("json", help="file written by `seqpar bench attention --out`")
+    parser.add_argument("json", nargs="+", help="file(s) written by `seqpar bench attention`")
     parser.add_argument("--markdown", action="store_true", help="GitHub markdown tables")
     parser.add_argument("--plot", default=None, help="also write this PNG (needs matplotlib)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="one table of the best seqpar variant and the best peer per "
+                             "problem and GPU count, over all the files given")
     args = parser.parse_args(argv)
-    with open(args.json) as fh:
-        data = json.load(fh)
-    meta, records = data.get("meta", {}), data.get("results", [])
-    print(format_table(records, meta, markdown=args.markdown))
+    runs = []
+    for path in args.json:
+        with open(path) as fh:
+            data = json.load(fh)
+        label = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        runs.append((label, data.get("meta", {}), data.get("results", [])))
+    if args.scaling:
+        print(scaling_table(runs, markdown=args.markdown))
+        return 0
+    for _, meta, records in runs:
+        print(format_table(records, meta, markdown=args.markdown))
     if args.plot:
         from .plot import save_plot
 
+        _, meta, records = runs[0]
         if not save_plot(records, meta, args.plot):
             print("matplotlib not importable: no plot written")
     return 0
