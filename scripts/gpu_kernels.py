@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import seqpar
 from seqpar.attention.blockwise import PlannedAttention
 from seqpar.attention.plan import make_plan
+from seqpar.bench.timing import cuda_median_ms
 from seqpar.kernels import cuda as ck
 from seqpar.kernels import reference as ref
 
@@ -76,18 +77,7 @@ def check_plan_path():
 
 
 def bench(fn, iters=10):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    return cuda_median_ms(fn, iters, warmup=3)
 
 
 def timing():

@@ -16,6 +16,7 @@ import torch
 
 from seqpar.attention.blockwise import PlannedAttention
 from seqpar.attention.plan import Block
+from seqpar.bench.timing import cuda_median_ms
 from seqpar.kernels import cuda as ck
 
 dev = torch.device("cuda")
@@ -24,20 +25,6 @@ K = 1024
 
 def flops(h: int, length: int) -> float:
     return 3.5 * 4 * h * length * length * 128 / 2
-
-
-def timed(fn, iters: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
 
 
 def tiles(length: int, tile: int) -> list[Block]:
@@ -66,7 +53,7 @@ def run(h: int, length: int, tile: int | None, iters: int) -> dict:
             out = PlannedAttention.apply(q, k, v, plan, scale)
             torch.autograd.grad(out, (q, k, v), do)
     torch.cuda.reset_peak_memory_stats()
-    ms = timed(step, iters)
+    ms = cuda_median_ms(step, iters)
     return {"h": h, "L": length, "tile": tile, "ms": ms,
             "tflops": flops(h, length) / ms / 1e9,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
