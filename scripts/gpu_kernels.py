@@ -76,10 +76,6 @@ def check_plan_path():
         print(row, flush=True)
 
 
-def bench(fn, iters=10):
-    return cuda_median_ms(fn, iters, warmup=3)
-
-
 def timing():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     for length in (8192, 32768):
@@ -96,7 +92,7 @@ def timing():
             def ours():
                 seqpar.attention(q, k, v, causal=True).backward(do)
 
-            row["seqpar_ms"] = bench(ours)
+            row["seqpar_ms"] = cuda_median_ms(ours, 10, warmup=3)
             for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION),
                              ("flash", SDPBackend.FLASH_ATTENTION)):
                 def sd():
@@ -104,7 +100,7 @@ def timing():
                         F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                        enable_gqa=hkv != 32).backward(do)
                 try:
-                    row[f"sdpa_{name}_ms"] = bench(sd)
+                    row[f"sdpa_{name}_ms"] = cuda_median_ms(sd, 10, warmup=3)
                 except Exception as exc:  # noqa: BLE001
                     row[f"sdpa_{name}_error"] = repr(exc)[:300]
             for key in list(row):

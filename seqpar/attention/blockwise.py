@@ -10,8 +10,8 @@ from .plan import Block
 
 
 def merge(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor,
-          block_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Combine two partial softmax results of the same query rows.
+          block_lse: torch.Tensor) -> torch.Tensor:
+    """Combine two partial softmax results of the same query rows; returns the new lse.
 
     ``lse = log(exp(lse) + exp(block_lse))``, ``out = Σ exp(lse_i - lse)·out_i``;
     rows with no visible key yet (lse = -inf) stay 0 without NaNs. ``out`` is
@@ -24,7 +24,7 @@ def merge(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor,
     w_old = torch.exp(lse - safe).unsqueeze(-1)
     w_new = torch.exp(block_lse - safe).unsqueeze(-1)
     out.mul_(w_old).addcmul_(block_out, w_new)
-    return out, new_lse
+    return new_lse
 
 
 class Accumulator:
@@ -42,8 +42,9 @@ class Accumulator:
         if not self._touched and block.q0 == 0 and block.q1 == self.out.shape[2]:
             self.out, self.lse = out.to(self.acc), lse.to(self.acc)
         else:
-            _, s = merge(self.out[:, :, rows], self.lse[:, :, rows], out, lse.to(self.acc))
-            self.lse[:, :, rows] = s  # the out rows were merged in place
+            # the out rows merge in place; the lse rows take the returned value
+            self.lse[:, :, rows] = merge(self.out[:, :, rows], self.lse[:, :, rows], out,
+                                         lse.to(self.acc))
         self._touched = True
 
 

@@ -273,11 +273,9 @@ def hybrid_shape(world: int, ulysses: int | None = None) -> tuple[int, int]:
     return ulysses, world // ulysses
 
 
-def hybrid_sizes(world: int, ulysses: list[int] | int | None) -> list[int]:
+def hybrid_sizes(world: int, ulysses: list[int] | None) -> list[int]:
     """The U values of the hybrid meshes to run (``--hybrid-ulysses``, else the default)."""
-    if ulysses is None:
-        return [hybrid_shape(world)[0]]
-    return [ulysses] if isinstance(ulysses, int) else list(ulysses)
+    return list(ulysses) if ulysses else [hybrid_shape(world)[0]]
 
 
 def variants_for(args: argparse.Namespace, world: int = 1) -> list[Variant]:

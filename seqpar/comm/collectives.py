@@ -19,30 +19,19 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 class Pending:
-    """An exchange in flight; ``wait()`` returns its unpacked result."""
+    """An exchange in flight; ``wait()`` returns its result."""
 
-    def __init__(self, works, recv, unpack, keep=()):
-        self._works = [w for w in (works if isinstance(works, list) else [works])
-                       if w is not None]
-        self._recv, self._unpack = recv, unpack
+    def __init__(self, works: list, result: tuple[torch.Tensor, ...], finish=None, keep=()):
+        self._works, self._result, self._finish = works, result, finish
         self._keep = keep  # send buffers that must live until the sends complete
 
     def wait(self) -> tuple[torch.Tensor, ...]:
         for work in self._works:
             work.wait()
-        out = self._unpack(self._recv)
+        if self._finish is not None:
+            self._finish()
         self._keep = ()
-        return out
-
-
-def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup, async_op: bool = False):
-    """All-to-all over dim 0 (which must have size P); records bytes sent.
-    Returns the receive buffer, and the work handle when ``async_op``."""
-    _, world = group_rank_size(group)
-    out = torch.empty_like(x)
-    work = dist.all_to_all_single(out, x, group=group, async_op=async_op)
-    record("all_to_all", _nbytes(x) * (world - 1) // world)
-    return (out, work) if async_op else out
+        return self._result
 
 
 def _exchange(sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torch.Tensor]],
@@ -58,106 +47,63 @@ def _exchange(sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torc
     return dist.batch_isend_irecv(ops) if ops else []
 
 
-def _direct(tensors: tuple[torch.Tensor, ...]) -> bool:
-    """Whether the point-to-point path applies: B = 1, so a head group (seq -> heads) or
-    a rank's slot of the result (heads -> seq) is one contiguous run of memory."""
-    return all(t.shape[0] == 1 and t.is_contiguous() for t in tensors)
-
-
-def _start_seq_to_heads_direct(tensors, group) -> Pending:
-    """B = 1: head group j of each input is sent to rank j as it lies (no packing copy);
-    what arrives is interleaved once into (1, H_i/P, P*Ls, D)."""
-    rank, world = group_rank_size(group)
-    _, _, ls, d = tensors[0].shape
-    sends, recvs, stages = [], [], []
-    for t in tensors:
-        h = t.shape[1] // world
-        groups = t[0].view(world, h, ls, d)  # head group j -> rank j
-        stage = torch.empty_like(groups)  # (P, H/P, Ls, D), dim 0 = source rank
-        sends += [(j, groups[j]) for j in range(world) if j != rank]
-        recvs += [(j, stage[j]) for j in range(world) if j != rank]
-        stages.append((stage, groups[rank]))
-    works = _exchange(sends, recvs, group)
-
-    def unpack(stages):
-        out = []
-        for stage, mine in stages:
-            h = stage.shape[1]
-            full = stage.new_empty(1, h, world * ls, d)
-            view = full[0].view(h, world, ls, d)  # sequence = (source rank, Ls)
-            for j in range(world):
-                view[:, j].copy_(mine if j == rank else stage[j])
-            out.append(full)
-        return tuple(out)
-
-    return Pending(works, stages, unpack)
-
-
-def _start_heads_to_seq_direct(tensors, group) -> Pending:
-    """B = 1: sequence slot j of each input is packed once and sent to rank j; what
-    arrives from rank i lands directly in head group i of the result."""
-    rank, world = group_rank_size(group)
-    _, _, l_full, d = tensors[0].shape
-    ls = l_full // world
-    sends, recvs, results, keep = [], [], [], []
-    for t in tensors:
-        h = t.shape[1]
-        slots = t[0].view(h, world, ls, d)  # sequence slot j -> rank j
-        result = t.new_empty(1, world * h, ls, d)
-        groups = result[0].view(world, h, ls, d)  # head group i <- rank i
-        for j in range(world):
-            if j == rank:
-                groups[j].copy_(slots[:, j])
-            else:
-                send = slots[:, j].contiguous()
-                keep.append(send)
-                sends.append((j, send))
-                recvs.append((j, groups[j]))
-        results.append(result)
-    works = _exchange(sends, recvs, group)
-    return Pending(works, tuple(results), lambda r: r, keep=tuple(keep))
-
-
 def start_seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
-    """Start one exchange: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D) on wait."""
-    if _direct(tensors):
-        return _start_seq_to_heads_direct(tensors, group)
-    _, world = group_rank_size(group)
-    b, _, ls, d = tensors[0].shape
-    heads = [t.shape[1] // world for t in tensors]
-    # (B, H_i, Ls, D) -> (B, P, H_i/P, Ls, D), concatenated over i on dim 2
-    packed = torch.cat([t.reshape(b, world, h, ls, d) for t, h in zip(tensors, heads)], dim=2)
-    # (B, P, ΣH/P, Ls, D) -> (P, B, ΣH/P, Ls, D): dim 0 = destination rank
-    recv, work = _all_to_all(packed.transpose(0, 1).contiguous(), group, async_op=True)
+    """Start one exchange: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D) on wait.
 
-    def unpack(recv):
-        # (P, B, ΣH/P, Ls, D) (dim 0 = source rank) -> (B, ΣH/P, P*Ls, D)
-        full = recv.permute(1, 2, 0, 3, 4).reshape(b, sum(heads), world * ls, d)
-        return tuple(t.contiguous() for t in full.split(heads, dim=1))
+    Head group j of each sequence goes to rank j as it lies in memory (contiguous:
+    no packing copy); what arrives is interleaved once into the result on wait.
+    """
+    rank, world = group_rank_size(group)
+    sends, recvs, parts = [], [], []
+    for t in tensors:
+        t = t.contiguous()
+        b, hq, ls, d = t.shape
+        h = hq // world
+        groups = t.view(b, world, h, ls, d)  # [:, j]: head group j -> rank j
+        stage = torch.empty_like(groups)  # [:, i]: from rank i (own slot unused)
+        for j in range(world):
+            if j != rank:
+                sends += [(j, groups[i, j]) for i in range(b)]
+                recvs += [(j, stage[i, j]) for i in range(b)]
+        result = t.new_empty(b, h, world * ls, d)
+        parts.append((result, stage, groups[:, rank]))
+    works = _exchange(sends, recvs, group)
 
-    return Pending(work, recv, unpack)
+    def finish() -> None:
+        for result, stage, mine in parts:
+            b, h, _, d = result.shape
+            view = result.view(b, h, world, -1, d)  # sequence = (source rank, Ls)
+            for j in range(world):
+                view[:, :, j].copy_(mine if j == rank else stage[:, j])
+
+    return Pending(works, tuple(r for r, _, _ in parts), finish)
 
 
 def start_heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
-    """Inverse of :func:`start_seq_to_heads`: (B, H_i/P, P*Ls, D) -> (B, H_i, Ls, D)."""
-    if _direct(tensors):
-        return _start_heads_to_seq_direct(tensors, group)
-    _, world = group_rank_size(group)
-    b, _, l_full, d = tensors[0].shape
-    ls = l_full // world
-    heads = [t.shape[1] for t in tensors]
-    # (B, H_i/P, P*Ls, D) -> (B, ΣH/P, P, Ls, D) -> (P, B, ΣH/P, Ls, D): dim 0 = destination
-    packed = torch.cat(tensors, dim=1).reshape(b, sum(heads), world, ls, d)
-    recv, work = _all_to_all(packed.permute(2, 0, 1, 3, 4).contiguous(), group, async_op=True)
+    """Inverse of :func:`start_seq_to_heads`: (B, H_i/P, P*Ls, D) -> (B, H_i, Ls, D).
 
-    def unpack(recv):
-        # (P, B, ΣH/P, Ls, D) (dim 0 = source rank = head group) -> (B, P, ΣH/P, Ls, D)
-        recv = recv.transpose(0, 1)
-        # each (B, P, H_i/P, Ls, D) -> (B, H_i, Ls, D)
-        return tuple(part.reshape(b, world * part.shape[2], ls, d)
-                     for part in recv.split(heads, dim=2))
-
-    return Pending(work, recv, unpack)
+    Sequence slot j of each input is packed once and sent to rank j; what arrives
+    from rank i lands directly in head group i of the result.
+    """
+    rank, world = group_rank_size(group)
+    sends, recvs, results, keep = [], [], [], []
+    for t in tensors:
+        t = t.contiguous()
+        b, h, l_full, d = t.shape
+        ls = l_full // world
+        slots = t.view(b, h, world, ls, d)  # [:, :, j]: sequence slot j -> rank j
+        result = t.new_empty(b, world * h, ls, d)
+        groups = result.view(b, world, h, ls, d)  # [:, i]: head group i <- rank i
+        for j in range(world):
+            if j == rank:
+                groups[:, j].copy_(slots[:, :, j])
+                continue
+            send = slots[:, :, j].contiguous()  # (B, H/P, Ls, D)
+            keep.append(send)
+            sends += [(j, send[i]) for i in range(b)]
+            recvs += [(j, groups[i, j]) for i in range(b)]
+        results.append(result)
+    return Pending(_exchange(sends, recvs, group), tuple(results), keep=tuple(keep))
 
 
 def _seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
