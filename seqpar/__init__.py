@@ -7,6 +7,7 @@ group (strategies ``rsa``, ``ring``, ``ulysses``, ``allgather``);
 
 from . import comm, kernels
 from .attention import STRATEGIES, attention, work_per_rank
+from .comm import hybrid_mesh
 from .layout import LAYOUT_NAMES, Contiguous, Layout, Striped, Zigzag, position_ids, shard, unshard
 from .padding import IGNORE_INDEX, pad_cu_seqlens, pad_for_layout, padded_length
 
@@ -25,6 +26,7 @@ __all__ = [
     "Zigzag",
     "attention",
     "comm",
+    "hybrid_mesh",
     "kernels",
     "position_ids",
     "shard",

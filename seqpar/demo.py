@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from . import STRATEGIES, attention, comm, shard, work_per_rank
+from . import STRATEGIES, attention, comm, hybrid_mesh, shard, work_per_rank
 from .launch import run
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -86,9 +86,7 @@ def _hybrid_mesh(device: torch.device, world: int):
     """A (ulysses=2, ring=P/2) mesh for the hybrid row, or None for odd P."""
     if world < 2 or world % 2:
         return None
-    from torch.distributed.device_mesh import init_device_mesh
-
-    return init_device_mesh(device.type, (2, world // 2), mesh_dim_names=("ulysses", "ring"))
+    return hybrid_mesh(2, world // 2, device.type)
 
 
 def _one(args, device, full, ref, strategy, causal, group=None):

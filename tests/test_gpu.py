@@ -67,11 +67,8 @@ def _parity_worker(result_dir: str) -> int:
     failures, notes = [], []
     mesh = None
     if "hybrid" in seqpar.STRATEGIES:
-        from torch.distributed.device_mesh import init_device_mesh
-
         u = 2 if world % 2 == 0 else 1
-        mesh = init_device_mesh(d.device.type, (u, world // u),
-                                mesh_dim_names=("ulysses", "ring"))
+        mesh = seqpar.hybrid_mesh(u, world // u, d.device.type)
     layouts = ["contiguous", "zigzag", seqpar.Striped(block=64)]
     length = 512 * world
     try:

@@ -36,7 +36,7 @@ import torch
 
 import seqpar
 
-from ..comm import count_bytes
+from ..comm import count_bytes, hybrid_mesh
 from ..comm.compat import all_gather_flat
 from ..launch import leaving_group_after
 from ..layout import Layout, Striped, get_layout
@@ -819,13 +819,9 @@ class AttentionBench:
             except Exception as exc:  # noqa: BLE001 - the peer rows record why
                 self._say(f"no device mesh for the peer: {exc}")
         if "hybrid" in args.strategies:
-            from torch.distributed.device_mesh import init_device_mesh
-
             for u in hybrid_sizes(d.world, args.hybrid_ulysses):
                 try:
-                    self.hybrid_meshes[u] = init_device_mesh(
-                        d.device.type, hybrid_shape(d.world, u),
-                        mesh_dim_names=("ulysses", "ring"))
+                    self.hybrid_meshes[u] = hybrid_mesh(u, d.world // u, d.device.type)
                 except Exception as exc:  # noqa: BLE001 - the hybrid rows record why
                     self.hybrid_errors[u] = f"no ('ulysses', 'ring') mesh: {_classify(exc)[1]}"
         self._say(

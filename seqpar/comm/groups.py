@@ -56,6 +56,34 @@ def is_hybrid_mesh(group: object) -> bool:
     return getattr(group, "ndim", None) == 2 and set(names) == {"ulysses", "ring"}
 
 
+def hybrid_mesh(ulysses: int, ring: int, device_type: str = "cuda",
+                timeout: timedelta = DEFAULT_TIMEOUT):
+    """The 2-D mesh for ``strategy="hybrid"``: Ulysses innermost (adjacent ranks).
+
+    Built as shape ``(ring, ulysses)`` with dims ``("ring", "ulysses")``, so a
+    Ulysses group is ``ulysses`` consecutive ranks (one NVLink island: the
+    all-to-all never leaves a node when ``ulysses`` divides the GPUs per node)
+    and the ring crosses nodes. Rank ``r·U + u`` sits at ``(r, u)`` and holds
+    sequence slice ``r·U + u``: the default group's rank order, so
+    ``seqpar.shard(x, dim)`` with the default group gives the hybrid shard.
+    Every sub-group gets ``timeout``.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if ulysses < 1 or ring < 1:
+        raise ValueError(f"hybrid_mesh needs ulysses >= 1 and ring >= 1, got {ulysses}, {ring}")
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if ulysses * ring != world:
+        raise ValueError(f"hybrid_mesh: ulysses*ring = {ulysses}*{ring} = {ulysses * ring} "
+                         f"!= world size {world}")
+    mesh = init_device_mesh(device_type, (ring, ulysses), mesh_dim_names=("ring", "ulysses"))
+    set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+    if set_timeout is not None:  # sub-groups otherwise get c10d's default (30 min)
+        for name in ("ring", "ulysses"):
+            set_timeout(timeout, mesh.get_group(name))
+    return mesh
+
+
 def hybrid_groups(mesh) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
     """(ulysses group, ring group) of a hybrid mesh."""
     return mesh.get_group("ulysses"), mesh.get_group("ring")
