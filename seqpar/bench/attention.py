@@ -41,7 +41,8 @@ from ..comm.compat import all_gather_flat
 from ..launch import leaving_group_after
 from ..layout import Layout, Striped, get_layout
 from . import launch
-from .launch import Dist, agree_outcome, all_max, from_rank0, gather_rows
+from .agree import agree_outcome, all_max, any_rank, from_rank0, gather_rows
+from .launch import Dist
 from .peers import (
     SDPA_BACKENDS,
     SdpaStep,
@@ -855,7 +856,7 @@ class AttentionBench:
             if failed:
                 print("FAILED numerics checks or errors in seqpar variants: "
                       + "; ".join(failed), flush=True)
-        return 1 if launch.any_rank(d, bool(failed)) else 0
+        return 1 if any_rank(d, bool(failed)) else 0
 
     def _run_problem(self, p: Problem, variants: list[Variant]) -> None:
         ref = Reference(None, "not checked: out of time budget", False)
