@@ -2,7 +2,9 @@
 
 cuDNN first (≈540 TFLOP/s fwd+bwd on H200 vs ≈325 for flash), flash second.
 Both take bf16/fp16; the backward takes the *final* output and lse, which is
-what ring/all-gather need to get exact block gradients.
+what ring/all-gather need to get exact block gradients. Stateless: which of them
+serves a shape (and whether cuDNN takes GQA as is) is the kernel selector's
+choice (``kernels/selector.py``).
 """
 
 from __future__ import annotations
@@ -32,39 +34,22 @@ def _empty_seed(device) -> torch.Tensor:
     return torch.empty((), dtype=torch.long, device=device)
 
 
-#: Whether the cuDNN op takes Hkv < Hq as is (GQA without repeating K/V);
-#: None until the first GQA call finds out.
-_cudnn_native_gqa: bool | None = None
-
-
-def _cudnn_kv(q, k, v):
-    """K/V as the cuDNN op will take them: native GQA when it works, else repeated."""
-    if k.shape[1] == q.shape[1] or _cudnn_native_gqa:
-        return k, v
-    return _expand_kv(q, k, v)
-
-
-def cudnn_forward(q, k, v, *, scale: float, causal: bool):
-    global _cudnn_native_gqa
-    res = None
-    if k.shape[1] != q.shape[1] and _cudnn_native_gqa is None:
-        try:  # first GQA call: does the op take Hkv < Hq as is?
-            res = aten._scaled_dot_product_cudnn_attention(
-                q, k, v, None, True, 0.0, causal, False, scale=scale)
-            _cudnn_native_gqa = True
-        except RuntimeError:
-            _cudnn_native_gqa = False
-    if res is None:
-        ke, ve = _cudnn_kv(q, k, v)
-        res = aten._scaled_dot_product_cudnn_attention(
-            q, ke, ve, None, True, 0.0, causal, False, scale=scale)
+def cudnn_forward(q, k, v, *, scale: float, causal: bool, native_gqa: bool = True):
+    """cuDNN SDPA forward -> ``(out, lse)``. With ``native_gqa`` the op gets Hkv < Hq as is
+    (no repeated K/V); torch builds whose cuDNN op refuses that raise RuntimeError, and
+    the kernel selector then takes ``native_gqa=False`` (K/V heads repeated) instead."""
+    ke, ve = (k, v) if native_gqa else _expand_kv(q, k, v)
+    res = aten._scaled_dot_product_cudnn_attention(
+        q, ke, ve, None, True, 0.0, causal, False, scale=scale)
     out, lse = res[0], res[1]
     # lse: (B, Hq, Lq, 1) -> (B, Hq, Lq)
     return out, lse.reshape(q.shape[0], q.shape[1], q.shape[2])
 
 
-def cudnn_backward(dout, q, k, v, out, lse, *, scale: float, causal: bool):
-    ke, ve = _cudnn_kv(q, k, v)
+def cudnn_backward(dout, q, k, v, out, lse, *, scale: float, causal: bool,
+                   native_gqa: bool = True):
+    """Block gradients through the cuDNN op, K/V taken as its forward took them."""
+    ke, ve = (k, v) if native_gqa else _expand_kv(q, k, v)
     seed = _empty_seed(q.device)
     dq, dk, dv = aten._scaled_dot_product_cudnn_attention_backward(
         dout.contiguous(), q, ke, ve, out.contiguous(),

@@ -71,3 +71,49 @@ def backward(dout, q, k, v, out, lse, *, scale: float, causal: bool):
     dq = torch.matmul(ds, kf) * scale  # (B, Hkv, G, Lq, D)
     dk = torch.matmul(ds.transpose(-1, -2), qf).sum(2) * scale  # (B, Hkv, Lk, D)
     return dq.reshape(b, hq, lq, d), dk, dv
+
+
+# ---------------------------------------------------------------- dense (unsharded) reference
+
+def document_mask(length: int, causal: bool, cu_seqlens=None,
+                  device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Boolean ``(L, L)`` mask, True = may attend, for packed documents; None without them
+    (plain full/causal attention needs no mask)."""
+    if cu_seqlens is None:
+        return None
+    pos = torch.arange(length, device=device)
+    bounds = torch.as_tensor(cu_seqlens[1:], device=device).long()
+    doc = torch.bucketize(pos, bounds, right=True)  # (L,) document id of every position
+    mask = doc[:, None] == doc[None, :]
+    return mask & (pos[None, :] <= pos[:, None]) if causal else mask
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                    cu_seqlens=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Unsharded attention of the full ``(B, H, L, D)`` q/k/v through SDPA in ``dtype``
+    (float64 by default): the yardstick every strategy is checked against. GQA
+    (Hkv < Hq) as ``enable_gqa``; no autograd."""
+    import torch.nn.functional as F
+
+    mask = document_mask(q.shape[2], causal, cu_seqlens, q.device)
+    with torch.no_grad():
+        return F.scaled_dot_product_attention(
+            q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=mask,
+            is_causal=causal and mask is None, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def dense_attention_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          dout: torch.Tensor, *, causal: bool, cu_seqlens=None,
+                          dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
+    """``(out, dq, dk, dv)`` of unsharded attention in ``dtype`` (float64 by default) for
+    the output gradient ``dout``."""
+    import torch.nn.functional as F
+
+    q, k, v = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    mask = document_mask(q.shape[2], causal, cu_seqlens, q.device)
+    with torch.enable_grad():
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             is_causal=causal and mask is None,
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout.to(dtype))
+    return out.detach(), dq, dk, dv
