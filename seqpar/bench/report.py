@@ -130,7 +130,19 @@ def _title(key: tuple, recs: list[dict], meta: dict) -> str:
     shown = f"L={length}" + (f" ({short})" if short != str(length) else "")
     return (f"{shown}  B={r0['batch']} Hq={r0['hq']} Hkv={hkv} "
             f"D={r0['d']} {r0['dtype']}  {'causal' if causal else 'full'}  "
-            f"P={meta.get('world_size', r0.get('world_size'))}  |  {ceil_txt}")
+            f"P={meta.get('world_size', r0.get('world_size'))}  |  {ceil_txt}"
+            + kernel_note(key, meta))
+
+
+def kernel_note(key: tuple, meta: dict) -> str:
+    """``"  |  seqpar kernels: cudnn"``: the block kernels seqpar's selector chose for this
+    problem (``meta["kernels"]``; empty for files written before it was recorded)."""
+    for entry in meta.get("kernels") or []:
+        if (entry.get("L"), entry.get("hkv"), entry.get("causal")) == tuple(key):
+            names = sorted({c["kernel"] for c in entry.get("choices", [])})
+            if names:
+                return "  |  seqpar kernels: " + ", ".join(names)
+    return ""
 
 
 COLUMNS = ("variant", "ms", "TFLOP/s/GPU", "% ceiling", "peak GiB", "x best peer",

@@ -14,12 +14,15 @@ import torch
 aten = torch.ops.aten
 
 
+def repeat_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, Hkv, L, D) -> (B, heads, L, D)`` by repeating each kv head (GQA for kernels
+    that take equal head counts only)."""
+    return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
+
+
 def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """Repeat kv heads for GQA: ``(B, Hkv, L, D) -> (B, Hq, L, D)``."""
-    g = q.shape[1] // k.shape[1]
-    if g == 1:
-        return k, v
-    return k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    return repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
 
 
 def _fold_kv_grad(dk: torch.Tensor, hkv: int) -> torch.Tensor:
