@@ -1,6 +1,6 @@
 """Median CUDA-event time of a callable on one GPU (the one-GPU study scripts).
 
-`seqpar bench attention` times with ranks synchronised (``_time_once``); this is the
+`seqpar bench attention` times with ranks synchronised (``measure.time_once``); this is the
 plain single-device version, kept here so the scripts share one definition.
 """
 
