@@ -8,6 +8,8 @@ numerics reference.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,13 @@ def sdpa_backend(name: str) -> contextlib.AbstractContextManager:
     enum = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
             "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}[name]
     return sdpa_kernel([getattr(SDPBackend, enum)])
+
+
+def check_backends(names: list[str], error: Callable[[str], NoReturn]) -> None:
+    """Reject SDPA backend names that ``sdpa_backend`` does not know (``error``: parser.error)."""
+    for name in names:
+        if name not in SDPA_BACKENDS:
+            error(f"unknown SDPA backend {name!r}; choose from {SDPA_BACKENDS}")
 
 
 expand_kv = repeat_kv  # (B, Hkv, L, D) -> (B, heads, L, D)

@@ -15,7 +15,7 @@ from typing import NoReturn
 from ..options import names
 from ..problem import Problem, Variant
 from ..report import attention_flops, equal_flops_length
-from ..sdpa import SDPA_BACKENDS, SdpaStep, sdpa_backend
+from ..sdpa import SDPA_BACKENDS, SdpaStep, check_backends, sdpa_backend
 from .base import Built, Runner
 
 DEFAULT_BACKENDS = {"cuda": "cudnn,flash", "cpu": "default"}
@@ -37,9 +37,7 @@ class SdpaCeiling(Runner):
     @classmethod
     def check_arguments(cls, args: argparse.Namespace,
                         error: Callable[[str], NoReturn]) -> None:
-        for name in args.ceiling_backends:
-            if name not in SDPA_BACKENDS:
-                error(f"unknown SDPA backend {name!r}; choose from {SDPA_BACKENDS}")
+        check_backends(args.ceiling_backends, error)
 
     @classmethod
     def variants(cls, args: argparse.Namespace, world: int) -> tuple[list[Variant],

@@ -25,7 +25,7 @@ import torch
 
 from ..options import names
 from ..problem import Problem, Variant
-from ..sdpa import SDPA_BACKENDS, SdpaStep, sdpa_backend
+from ..sdpa import SDPA_BACKENDS, SdpaStep, check_backends, sdpa_backend
 from .base import Built, RunContext, Runner
 
 if TYPE_CHECKING:
@@ -106,9 +106,7 @@ class TorchContextParallel(Runner):
     @classmethod
     def check_arguments(cls, args: argparse.Namespace,
                         error: Callable[[str], NoReturn]) -> None:
-        for name in args.peer_backends:
-            if name not in SDPA_BACKENDS:
-                error(f"unknown SDPA backend {name!r}; choose from {SDPA_BACKENDS}")
+        check_backends(args.peer_backends, error)
         for name in args.rotate_methods:
             if name not in ROTATE_METHODS:
                 error(f"unknown rotate method {name!r}; choose from {ROTATE_METHODS}")
