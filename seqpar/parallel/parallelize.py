@@ -34,35 +34,35 @@ from .tensor_parallel import apply_tensor_parallel, tp_shard_dim
 
 
 class SequenceParallelAttention:
-    """``attn(q, k, v, causal)`` running ``seqpar.attention`` over the sp group.
+    """``attn(q, k, v, causal, documents=None)`` running ``seqpar.attention`` over the sp
+    group.
 
     The cross-rank input check (one small all-gather) runs once per distinct
-    problem shape, not on every layer of every step. For packed data the loop
-    sets :attr:`cu_seqlens` (one tensor of global document boundaries per local
-    sequence) before the forward; sequences are then attended one at a time,
-    since each has its own boundaries.
+    problem shape, not on every layer of every step. ``documents`` (packed data:
+    one tensor of global document boundaries per local sequence) arrive with
+    each call from the model's forward, never as state set on this object;
+    sequences are then attended one at a time, since each has its own boundaries.
     """
 
     def __init__(self, strategy: str, group, layout: str):
         self.strategy, self.group, self.layout = strategy, group, layout
-        self.cu_seqlens: list[torch.Tensor] | None = None
         self._checked: set[tuple] = set()
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 causal: bool) -> torch.Tensor:
-        key = (tuple(q.shape), tuple(k.shape), q.dtype, causal, self.cu_seqlens is None)
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                 documents: list[torch.Tensor] | None = None) -> torch.Tensor:
+        key = (tuple(q.shape), tuple(k.shape), q.dtype, causal, documents is None)
         check = key not in self._checked
         self._checked.add(key)
         kw = dict(strategy=self.strategy, group=self.group, causal=causal, layout=self.layout,
                   check=check)
-        if self.cu_seqlens is None:
+        if documents is None:
             return sp_attention(q, k, v, **kw)
-        if len(self.cu_seqlens) != q.shape[0]:
-            raise ValueError(f"cu_seqlens has {len(self.cu_seqlens)} entries for a batch of "
+        if len(documents) != q.shape[0]:
+            raise ValueError(f"documents has {len(documents)} entries for a batch of "
                              f"{q.shape[0]}")
         # (B, H, Ls, D) -> B x (1, H, Ls, D), each with its own documents -> (B, H, Ls, D)
         return torch.cat([sp_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], cu_seqlens=cu,
-                                       **kw) for i, cu in enumerate(self.cu_seqlens)])
+                                       **kw) for i, cu in enumerate(documents)])
 
 
 @dataclass
@@ -98,12 +98,6 @@ class Parallelized:
     @property
     def _dp_sp(self):
         return self.submesh("dp_sp")
-
-    def set_documents(self, cu_seqlens: list[torch.Tensor] | None) -> None:
-        """Document boundaries (global, one tensor per local sequence) for the next
-        forward and its backward; ``None`` for unpacked data."""
-        for block in self.model.layers:
-            block.attention.attn_fn.cu_seqlens = cu_seqlens
 
     @property
     def sp_mesh(self):

@@ -163,9 +163,8 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
         batch = shard_batch(tokens, labels, sp_group=sp_group, layout=cfg.layout,
                             dp_rank=dp_rank, dp=cfg.dp, tp_rank=tp_rank, tp=cfg.tp,
                             cu_seqlens=documents).to(device)
-        par.set_documents(batch.cu_seqlens)
         with autocast:
-            logits = model(batch.tokens, batch.position_ids)
+            logits = model(batch.tokens, batch.position_ids, documents=batch.cu_seqlens)
         out = sp_exact_loss(logits, batch.labels, par.group("world"))
         out.backward_loss.backward()
         par.sync_gradients()
