@@ -6,7 +6,8 @@ are a pure function of ``(seed, step)``) and the RNG state.
 
 Resharding: each tensor is saved as its *global* value. FSDP2 parameters are
 already DTensors over ``dp x sp``; TP shards (plain tensors) are wrapped as
-DTensors ``Shard(dim)`` over the tp mesh. DCP then writes each piece once and
+DTensors ``Shard(dim)`` over the tp mesh, with the dim the handle's tp plan
+declares (read off the layer types, not the names). DCP then writes each piece once and
 can load onto any other dp/sp/tp split.
 
 Atomicity: every rank writes into ``.tmp-step-N``; once DCP has written its
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from ..parallel import Parallelized, tp_shard_dim
+from ..parallel import Parallelized
 
 PREFIX = "step-"
 
@@ -61,19 +62,19 @@ def _named_params(par: Parallelized) -> dict[str, torch.nn.Parameter]:
 
 def _global_view(par: Parallelized, name: str, t: torch.Tensor) -> torch.Tensor:
     """The tensor DCP should see for ``t`` (a parameter or an optimizer state of it)."""
-    if name not in par.tp_sharded or par.dims.tp == 1:
+    if name not in par.tp_plan or par.dims.tp == 1:
         return t  # plain replicated tensor, or an FSDP DTensor over dp x sp
     from torch.distributed.tensor import DTensor, Shard
 
     local = t.full_tensor() if isinstance(t, DTensor) else t  # the whole tp shard
-    return DTensor.from_local(local, par.mesh["tp"], [Shard(tp_shard_dim(name))],
+    return DTensor.from_local(local, par.mesh["tp"], [Shard(par.tp_plan[name])],
                               run_check=False)
 
 
 def _copy_back(par: Parallelized, name: str, target: torch.Tensor, view: torch.Tensor) -> None:
     """Write a loaded global view back into the live parameter / optimizer state
     (only TP shards need it: DCP loaded everything else in place)."""
-    if name not in par.tp_sharded or par.dims.tp == 1:
+    if name not in par.tp_plan or par.dims.tp == 1:
         return
     from torch.distributed.tensor import DTensor, distribute_tensor
 

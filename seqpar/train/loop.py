@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ..data import make_dataset, shard_batch
 from ..models import build_model, model_config
-from ..parallel import Parallelized, parallelize
+from ..parallel import Parallelized, clip_grad_norm, parallelize, sync_gradients
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .loss import sp_exact_loss
@@ -167,10 +167,10 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
             logits = model(batch.tokens, batch.position_ids, documents=batch.cu_seqlens)
         out = sp_exact_loss(logits, batch.labels, par.group("world"))
         out.backward_loss.backward()
-        par.sync_gradients()
+        sync_gradients(par)
         if on_gradients is not None:
             on_gradients(step, par)
-        grad_norm = par.clip_grad_norm(cfg.grad_clip)
+        grad_norm = clip_grad_norm(par, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
