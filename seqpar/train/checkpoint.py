@@ -15,6 +15,7 @@ metadata and every rank is past a barrier, rank 0 renames the folder to
 ``step-N`` (one ``rename``, atomic on a POSIX filesystem) and replaces the
 ``latest`` pointer file. A run killed mid-save leaves only a ``.tmp-*`` folder
 behind, which loading ignores, so the previous checkpoint stays usable.
+Which checkpoint a resume loads is decided in ``resume.py``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from ..parallel import Parallelized
-
-PREFIX = "step-"
+from .resume import PREFIX
 
 
 def _is_dist() -> bool:
@@ -162,24 +162,6 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     done = sorted(p for p in ckpt_dir.glob(f"{PREFIX}*")
                   if p.is_dir() and (p / ".metadata").exists())
     return done[-1] if done else None
-
-
-def resolve_resume(resume: str | bool, ckpt_dir: str | None) -> Path | None:
-    """``True``/``"latest"``: newest in ``ckpt_dir`` (None if there is none); a path: itself
-    (a folder holding ``step-*`` folders means its newest)."""
-    if resume is False or resume in ("", "false", "False", None):
-        return None
-    if resume is True or resume in ("latest", "true", "True"):
-        if not ckpt_dir:
-            raise ValueError("--resume needs --checkpoint-dir (or a checkpoint path)")
-        return latest_checkpoint(ckpt_dir)
-    path = Path(str(resume))
-    if (path / ".metadata").exists():
-        return path
-    found = latest_checkpoint(path)
-    if found is None:
-        raise ValueError(f"--resume {path}: no complete checkpoint there")
-    return found
 
 
 def load_checkpoint(path: str | Path, par: Parallelized,
