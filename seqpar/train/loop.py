@@ -115,7 +115,7 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
             stopped_by = stop.agreed(device)  # every rank stops after the same step
             if stopped_by:
                 break
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            if cfg.checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
                 saved = _save(cfg, done, par, optimizer, progress)
         if cfg.checkpoint_dir and done > start and saved != done:  # every run's end, once
             saved = _save(cfg, done, par, optimizer, progress)
