@@ -81,9 +81,8 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     par, dataset, mcfg = build(cfg, device)
     optimizer = make_optimizer(par, cfg)
     show = rank == 0 and not quiet
-    for note in resume.notes:
-        if show:
-            print(note, flush=True)
+    for note in resume.notes if show else ():  # before loading: what loads, what is skipped
+        print(note, flush=True)
     start = load_checkpoint(resume.path, par, optimizer) if resume.path is not None else 0
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     progress = Progress(steps=cfg.steps, start=start, end=end,
@@ -95,12 +94,11 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     if start >= cfg.steps:
         progress.say(f"nothing to train: the checkpoint is at step {start} and --steps is "
                      f"{cfg.steps}; pass --steps > {start} to train further", err=True)
-    if show:
-        n = sum(p.numel() for p in par.model.parameters())
-        progress.say(f"seqpar train: {cfg.model} ({mcfg.arch}, {n / 1e6:.2f}M local params) | "
-                     f"{par.dims.describe()} | world {world} on {device.type} | "
-                     f"{'fsdp' if par.fsdp else 'replicated'} | data {cfg.data} | "
-                     f"seq_len {cfg.seq_len} x batch {cfg.batch_size} | {cfg.dtype}")
+    n = sum(p.numel() for p in par.model.parameters())
+    progress.say(f"seqpar train: {cfg.model} ({mcfg.arch}, {n / 1e6:.2f}M local params) | "
+                 f"{par.dims.describe()} | world {world} on {device.type} | "
+                 f"{'fsdp' if par.fsdp else 'replicated'} | data {cfg.data} | "
+                 f"seq_len {cfg.seq_len} x batch {cfg.batch_size} | {cfg.dtype}")
     autocast = autocast_for(device, cfg.torch_dtype)
     saved = start if resume.path is not None else None  # the step the newest save holds
     done, stopped_by = start, 0
