@@ -72,6 +72,9 @@ def _cases(world: int, text: str) -> list[dict]:
     else:
         cases.append(dict(data=text, strategy="ring", layout="zigzag"))
         cases.append(dict(data=text, strategy="ulysses", layout="contiguous"))
+        # documents reach attention as a forward argument, through recomputed blocks too
+        cases.append(dict(data=text, strategy="ring", layout="zigzag", fsdp=True,
+                          activation_checkpointing=True))
     return cases
 
 
