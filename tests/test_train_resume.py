@@ -62,7 +62,10 @@ def test_corrupt_newest_named_by_latest_is_an_error_and_is_not_overwritten(
     (newest / ".metadata").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="cannot be read"):
         resolve_resume(True, str(ckpt))
-    # an explicit older checkpoint is the way out: it resumes exactly
+    # an explicit older checkpoint is the way out: it resumes exactly, and says what it skips
+    notes = resolve_resume(str(ckpt / "step-00000002"), None).notes
+    assert notes[0].startswith(f"skipping newer {newest}: its .metadata cannot be read")
+    assert notes[-1] == f"resuming from {ckpt / 'step-00000002'} (given explicitly)"
     got = train(_cfg(steps=4, resume=str(ckpt / "step-00000002")), quiet=True)
     assert got.start_step == 2 and got.losses == losses[2:]
 

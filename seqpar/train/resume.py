@@ -100,7 +100,12 @@ def resolve_resume(resume: str | bool | None, ckpt_dir: str | None) -> ResumePoi
         why = problem(path)
         if why is not None:
             raise ValueError(f"--resume {path}: cannot load this checkpoint: {why}")
-        return ResumePoint(path, [f"resuming from {path} (given explicitly)"])
+        newer = sorted((p for p in path.parent.glob(f"{PREFIX}*")
+                        if p.is_dir() and _step_of(p) > _step_of(path)), key=_step_of)
+        notes = [f"skipping newer {p}: "
+                 + (problem(p) or "readable, but an older checkpoint was asked for")
+                 + "; this run's saves of the same steps replace it" for p in newer]
+        return ResumePoint(path, notes + [f"resuming from {path} (given explicitly)"])
     if not path.is_dir():
         raise ValueError(f"--resume {path}: no such checkpoint or folder")
     return _from_folder(path, fresh_ok=False, option=f"--resume {path}")
