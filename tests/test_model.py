@@ -234,9 +234,37 @@ def test_packed_documents_do_not_see_each_other():
     b[:, 0] = 42  # inside the first document of each row
     docs = TextDataset.cu_seqlens(a)
     assert [d.tolist() for d in docs] == [[0, 4, 8], [0, 3, 8]]
-    par.set_documents(docs)
     pos = torch.arange(8)
-    out_a, out_b = model(a, pos), model(b, pos)
+    out_a, out_b = par.model(a, pos, documents=docs), par.model(b, pos, documents=docs)
     assert torch.equal(out_a[0, 4:], out_b[0, 4:]) and torch.equal(out_a[1, 3:], out_b[1, 3:])
-    par.set_documents(None)
-    assert not torch.equal(model(a, pos)[0, 4:], model(b, pos)[0, 4:])
+    assert not torch.equal(par.model(a, pos)[0, 4:], par.model(b, pos)[0, 4:])
+
+
+def test_documents_are_a_forward_argument_of_the_plain_model():
+    """The unparallelized model (local SDPA) keeps documents apart too: a packed
+    document's logits equal those of the document run on its own (RoPE is relative),
+    with and without activation checkpointing, and nothing is left on the modules."""
+    from seqpar.parallel import apply_activation_checkpointing
+
+    eos = ByteTokenizer.EOS
+    a = torch.tensor([[5, 6, 7, eos, 9, 10, 11, 12], [1, 2, eos, 4, 5, 6, 7, eos]])
+    docs = TextDataset.cu_seqlens(a)
+    pos = torch.arange(8)
+    for name in ("tiny", "bert-tiny"):
+        torch.manual_seed(0)
+        model = build_model(name).double()
+        packed = model(a, pos, documents=docs)
+        alone = model(a[:1, 4:], pos[4:])
+        torch.testing.assert_close(packed[:1, 4:], alone, rtol=1e-10, atol=1e-10)
+        tokens = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10]])
+        grads = []
+        for ckpt in (False, True):
+            torch.manual_seed(0)
+            m = build_model(name).double()
+            if ckpt:
+                apply_activation_checkpointing(m)
+            m(tokens, pos, documents=[torch.tensor([0, 3, 8])]).sum().backward()
+            grads.append(m.layers[0].attention.wq.weight.grad)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="2 entries for a batch of 1"):
+        model(a[:1], pos, documents=docs)

@@ -93,5 +93,6 @@ def test_kill_during_save_leaves_previous_checkpoint_usable(tmp_path):
     resumed = train(TrainConfig(**{**kw, "resume": True}).resolve(1, cuda=False), quiet=True)
     assert resumed.start_step == 5
     assert resumed.losses == full[5:]
-    assert latest_checkpoint(tmp_path).name == "step-00000010"  # saved again, completely
+    assert (tmp_path / "step-00000010" / ".metadata").exists()  # saved again, completely
+    assert latest_checkpoint(tmp_path).name == "step-00000012"  # and the run's end
     assert not (tmp_path / ".tmp-step-00000010").exists()

@@ -5,7 +5,8 @@ gradient after step 1, must agree with a single-process run (no
 torch.distributed at all) within 1e-5 relative, for
 sp in {1, 2, 4} x every strategy x every layout, dp=2 x sp=2 and tp=2 x sp=2,
 with FSDP2 and with replicated parameters, the BERT-style encoder, and packed
-text whose attention stays inside each document. One spawn per world size; the
+text whose attention stays inside each document (also with activation
+checkpointing). One spawn per world size; the
 grid runs inside the workers and every failing case is reported by name.
 """
 
@@ -72,6 +73,9 @@ def _cases(world: int, text: str) -> list[dict]:
     else:
         cases.append(dict(data=text, strategy="ring", layout="zigzag"))
         cases.append(dict(data=text, strategy="ulysses", layout="contiguous"))
+        # documents reach attention as a forward argument, through recomputed blocks too
+        cases.append(dict(data=text, strategy="ring", layout="zigzag", fsdp=True,
+                          activation_checkpointing=True))
     return cases
 
 

@@ -6,7 +6,10 @@ injected callable ``attn(q, k, v, causal) -> out`` so that
 :func:`seqpar.parallel.parallelize` can swap in sequence-parallel attention
 from outside. Positions for RoPE are passed in (global positions of the local
 tokens), because under sequence parallelism a rank's tokens are not
-``0..L_local-1``.
+``0..L_local-1``. Packed documents are per-batch data and travel the same way:
+``model(tokens, position_ids, documents=...)`` hands them through every block
+to the attention callable as ``attn(q, k, v, causal, documents=...)`` (only
+when given, so a callable for unpacked data needs just the four arguments).
 
 Projection widths are read from the weights at run time (``view(b, l, -1, D)``)
 so that tensor parallelism can replace a linear by its shard without the model
@@ -23,7 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+#: ``attn(q, k, v, causal, documents=None) -> out``; ``documents`` is passed only when given.
+AttentionFn = Callable[..., torch.Tensor]
+#: Packed documents: one int tensor of *global* boundaries per local sequence
+#: (``cu_seqlens``: first 0, last the global length L), or ``None``.
+Documents = list[torch.Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -115,14 +122,33 @@ def model_config(name: str, **overrides) -> ModelConfig:
     return replace(ModelConfig(**SIZES[name]), **overrides)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   causal: bool) -> torch.Tensor:
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                   documents: Documents = None) -> torch.Tensor:
     """Default attention: local SDPA over the tokens this process holds.
 
-    q ``(B, Hq, L, D)``, k/v ``(B, Hkv, L, D)`` -> ``(B, Hq, L, D)``.
+    q ``(B, Hq, L, D)``, k/v ``(B, Hkv, L, D)`` -> ``(B, Hq, L, D)``. With
+    ``documents`` (one ``cu_seqlens`` per sequence, covering exactly these L
+    tokens: this is the one-process path) a query sees only its own document.
     """
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+    gqa = q.shape[1] != k.shape[1]
+    if documents is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+    b, _, length, _ = q.shape
+    if len(documents) != b:
+        raise ValueError(f"documents has {len(documents)} entries for a batch of {b}")
+    pos = torch.arange(length, device=q.device)
+    masks = []
+    for cu in documents:
+        cu = cu.to(q.device)
+        if int(cu[0]) != 0 or int(cu[-1]) != length:
+            raise ValueError(f"sdpa_attention: documents {cu.tolist()} must run from 0 to the "
+                             f"local length {length} (sharded tokens need seqpar attention)")
+        doc = torch.bucketize(pos, cu[1:], right=True)  # (L,) document id of each position
+        masks.append(doc[:, None] == doc[None, :])  # (L, L): same document
+    mask = torch.stack(masks)[:, None]  # B x (L, L) -> (B, 1, L, L)
+    if causal:
+        mask = mask & torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 class RMSNorm(nn.Module):
@@ -188,7 +214,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
         self.attn_fn: AttentionFn = sdpa_attention
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                documents: Documents = None) -> torch.Tensor:
         b, length, _ = x.shape
         cos, sin = rope
         # (B, L, H*D) -> (B, L, H, D) -> (B, H, L, D); H = local heads under TP
@@ -196,7 +223,10 @@ class Attention(nn.Module):
         k = self.wk(x).view(b, length, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, length, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = self.attn_fn(q, k, v, self.causal)  # (B, Hq, L, D)
+        if documents is None:
+            out = self.attn_fn(q, k, v, self.causal)  # (B, Hq, L, D)
+        else:
+            out = self.attn_fn(q, k, v, self.causal, documents=documents)
         # (B, Hq, L, D) -> (B, L, Hq, D) -> (B, L, Hq*D)
         out = out.transpose(1, 2).reshape(b, length, -1)
         return self.wo(out)
@@ -229,13 +259,15 @@ class Block(nn.Module):
         self.ffn_norm = make_norm(cfg)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                documents: Documents = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, documents)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
 class Transformer(nn.Module):
-    """Token ids ``(B, L_local)`` + global positions ``(L_local,)`` -> ``(B, L_local, V)``."""
+    """Token ids ``(B, L_local)`` + global positions ``(L_local,)`` (+ packed documents)
+    -> ``(B, L_local, V)``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -275,15 +307,20 @@ class Transformer(nn.Module):
         for block in self.layers:
             block.attention.attn_fn = attn_fn
 
-    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """``tokens (B, L)``, ``position_ids (L,)`` global positions -> ``(B, L, V)`` logits."""
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor,
+                documents: Documents = None) -> torch.Tensor:
+        """``tokens (B, L)``, ``position_ids (L,)`` global positions -> ``(B, L, V)`` logits.
+
+        ``documents``: packed data's global ``cu_seqlens``, one per local sequence;
+        attention never crosses a document boundary.
+        """
         if position_ids.dim() != 1 or position_ids.shape[0] != tokens.shape[1]:
             raise ValueError(f"position_ids must be (L,) = ({tokens.shape[1]},), "
                              f"got {tuple(position_ids.shape)}")
         h = self.tok_embeddings(tokens)  # (B, L, dim)
         rope = self.rope(position_ids)  # 2 x (L, head_dim)
         for block in self.layers:
-            h = block(h, rope)
+            h = block(h, rope, documents=documents)
         return self.output(self.norm(h))  # (B, L, V)
 
 

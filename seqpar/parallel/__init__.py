@@ -1,5 +1,6 @@
 """Parallelism applied from outside the model: ParallelDims, TP-SP, FSDP2, parallelize."""
 
+from .gradients import clip_grad_norm, sync_gradients
 from .parallel_dims import ParallelDims
 from .parallelize import (
     Parallelized,
@@ -11,8 +12,9 @@ from .parallelize import (
 from .tensor_parallel import (
     ColumnParallelLinear,
     RowParallelLinear,
+    TPPlan,
     apply_tensor_parallel,
-    tp_shard_dim,
+    tp_plan,
 )
 
 __all__ = [
@@ -21,9 +23,12 @@ __all__ = [
     "Parallelized",
     "RowParallelLinear",
     "SequenceParallelAttention",
+    "TPPlan",
     "apply_activation_checkpointing",
     "apply_fsdp",
     "apply_tensor_parallel",
+    "clip_grad_norm",
     "parallelize",
-    "tp_shard_dim",
+    "sync_gradients",
+    "tp_plan",
 ]

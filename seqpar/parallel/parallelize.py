@@ -6,20 +6,17 @@
 2. the sequence-parallel attention strategy over ``mesh["sp"]`` (injected);
 3. optional activation checkpointing of every block;
 4. FSDP2 ``fully_shard`` over the flattened ``dp x sp`` mesh (ZeRO-3), or
-   replicated parameters whose gradients :meth:`Parallelized.sync_gradients`
-   all-reduces (DDP-style, bucketed).
+   replicated parameters whose gradients
+   :func:`seqpar.parallel.gradients.sync_gradients` all-reduces (DDP-style,
+   bucketed).
 
-Gradient semantics: the loss each rank backpropagates is its *share* of the
-global mean (``local_sum / global_count``), so every reduction here is a plain
-SUM. Parameters sharded by TP saw every token of their sp shard (through the
-TP all-gather) and are summed over ``dp x sp``; all other parameters (norms,
-embeddings, head) saw ``1/tp`` of those tokens and are summed over the whole
-world.
+The handle records the tp plan (parameter -> split dim) that step 1 declared
+from the layer types; gradient sync, clipping (``gradients.py``) and
+checkpoints read it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,39 +27,39 @@ from torch.utils.checkpoint import checkpoint
 from ..attention import attention as sp_attention
 from ..comm.groups import group_rank_size
 from .parallel_dims import ParallelDims
-from .tensor_parallel import apply_tensor_parallel, tp_shard_dim
+from .tensor_parallel import TPPlan, apply_tensor_parallel
 
 
 class SequenceParallelAttention:
-    """``attn(q, k, v, causal)`` running ``seqpar.attention`` over the sp group.
+    """``attn(q, k, v, causal, documents=None)`` running ``seqpar.attention`` over the sp
+    group.
 
     The cross-rank input check (one small all-gather) runs once per distinct
-    problem shape, not on every layer of every step. For packed data the loop
-    sets :attr:`cu_seqlens` (one tensor of global document boundaries per local
-    sequence) before the forward; sequences are then attended one at a time,
-    since each has its own boundaries.
+    problem shape, not on every layer of every step. ``documents`` (packed data:
+    one tensor of global document boundaries per local sequence) arrive with
+    each call from the model's forward, never as state set on this object;
+    sequences are then attended one at a time, since each has its own boundaries.
     """
 
     def __init__(self, strategy: str, group, layout: str):
         self.strategy, self.group, self.layout = strategy, group, layout
-        self.cu_seqlens: list[torch.Tensor] | None = None
         self._checked: set[tuple] = set()
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 causal: bool) -> torch.Tensor:
-        key = (tuple(q.shape), tuple(k.shape), q.dtype, causal, self.cu_seqlens is None)
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                 documents: list[torch.Tensor] | None = None) -> torch.Tensor:
+        key = (tuple(q.shape), tuple(k.shape), q.dtype, causal, documents is None)
         check = key not in self._checked
         self._checked.add(key)
         kw = dict(strategy=self.strategy, group=self.group, causal=causal, layout=self.layout,
                   check=check)
-        if self.cu_seqlens is None:
+        if documents is None:
             return sp_attention(q, k, v, **kw)
-        if len(self.cu_seqlens) != q.shape[0]:
-            raise ValueError(f"cu_seqlens has {len(self.cu_seqlens)} entries for a batch of "
+        if len(documents) != q.shape[0]:
+            raise ValueError(f"documents has {len(documents)} entries for a batch of "
                              f"{q.shape[0]}")
         # (B, H, Ls, D) -> B x (1, H, Ls, D), each with its own documents -> (B, H, Ls, D)
         return torch.cat([sp_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], cu_seqlens=cu,
-                                       **kw) for i, cu in enumerate(self.cu_seqlens)])
+                                       **kw) for i, cu in enumerate(documents)])
 
 
 @dataclass
@@ -73,7 +70,8 @@ class Parallelized:
     dims: ParallelDims
     mesh: object | None = None
     fsdp: bool = False
-    tp_sharded: set[str] = field(default_factory=set)
+    #: parameter name -> split dim of the dense weight, for every tp shard (from the types)
+    tp_plan: TPPlan = field(default_factory=dict)
 
     def group(self, name: str) -> dist.ProcessGroup | None:
         """Process group of a mesh dim (``"dp"``, ``"sp"``, ``"tp"``, ``"dp_sp"``) or the
@@ -99,12 +97,6 @@ class Parallelized:
     def _dp_sp(self):
         return self.submesh("dp_sp")
 
-    def set_documents(self, cu_seqlens: list[torch.Tensor] | None) -> None:
-        """Document boundaries (global, one tensor per local sequence) for the next
-        forward and its backward; ``None`` for unpacked data."""
-        for block in self.model.layers:
-            block.attention.attn_fn.cu_seqlens = cu_seqlens
-
     @property
     def sp_mesh(self):
         """What attention and data sharding take as ``group``: the 2-D
@@ -117,13 +109,6 @@ class Parallelized:
         """This rank's coordinate along a mesh dim (0 without torch.distributed)."""
         return 0 if self.mesh is None else self.mesh.get_local_rank(name)
 
-    def _split_params(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        tp_params, rep_params = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (tp_params if name in self.tp_sharded else rep_params).append(p)
-        return tp_params, rep_params
-
     def full_tensor(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """The dense value of parameter ``name``'s tensor ``t`` (its data, grad or optimizer
         state), gathered over FSDP and TP shards. Collective: every rank calls it."""
@@ -131,9 +116,9 @@ class Parallelized:
 
         if isinstance(t, DTensor):
             t = t.full_tensor()  # FSDP: dp x sp shards -> the (tp-local) tensor
-        if name in self.tp_sharded and self.dims.tp > 1:
+        if name in self.tp_plan and self.dims.tp > 1:
             # tp-local slice -> dense weight, along the dim the column/row split cut
-            t = DTensor.from_local(t, self.mesh["tp"], [Shard(tp_shard_dim(name))],
+            t = DTensor.from_local(t, self.mesh["tp"], [Shard(self.tp_plan[name])],
                                    run_check=False).full_tensor()
         return t.detach().clone()  # a copy, never an alias of live state (1-rank meshes)
 
@@ -142,68 +127,6 @@ class Parallelized:
         """Every parameter's gradient at its dense shape, by name (tests, debugging)."""
         return {name: self.full_tensor(name, p.grad) for name, p in
                 self.model.named_parameters() if p.grad is not None}
-
-    @torch.no_grad()
-    def sync_gradients(self) -> None:
-        """Sum gradients where the autograd graph left them partial (see module doc)."""
-        if self.mesh is None:
-            return
-        tp_params, rep_params = self._split_params()
-        if self.fsdp:  # FSDP summed over dp x sp already; replicated params need tp too
-            if self.dims.tp > 1:
-                _all_reduce_grads([_local(p.grad) for p in rep_params], self.group("tp"))
-            return
-        if self.dims.dp * self.dims.sp > 1:
-            _all_reduce_grads([p.grad for p in tp_params], self.group("dp_sp"))
-        if dist.get_world_size() > 1:
-            _all_reduce_grads([p.grad for p in rep_params], self.group("world"))
-
-    @torch.no_grad()
-    def clip_grad_norm(self, max_norm: float) -> float:
-        """Global L2 norm of all gradients (each element counted once); scale to ``max_norm``."""
-        tp_params, rep_params = self._split_params()
-        device = next(self.model.parameters()).device
-        sq = torch.zeros(2, dtype=torch.float64, device=device)
-        for i, params in enumerate((tp_params, rep_params)):
-            for p in params:
-                if p.grad is not None:
-                    sq[i] += _local(p.grad).double().pow(2).sum()
-        if self.mesh is not None:
-            if self.fsdp and self.dims.dp * self.dims.sp > 1:
-                dist.all_reduce(sq, group=self.group("dp_sp"))  # FSDP shards -> full params
-            if self.dims.tp > 1:
-                tp_sq = sq[0].clone()
-                dist.all_reduce(tp_sq, group=self.group("tp"))  # tp shards -> full weights
-                sq[0] = tp_sq
-        norm = math.sqrt(sq.sum().item())
-        if max_norm > 0 and norm > max_norm:
-            coef = max_norm / (norm + 1e-6)
-            for p in tp_params + rep_params:
-                if p.grad is not None:
-                    _local(p.grad).mul_(coef)
-        return norm
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (FSDP), or the tensor itself."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _all_reduce_grads(grads: list[torch.Tensor | None], group, bucket_numel: int = 2**25) -> None:
-    """SUM-all-reduce gradients in flat buckets (one collective per ~128 MB of fp32)."""
-    grads = [g for g in grads if g is not None]
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for g in grads + [None]:
-        if g is not None:
-            bucket.append(g)
-            size += g.numel()
-        if bucket and (g is None or size >= bucket_numel):
-            flat = torch.cat([b.reshape(-1) for b in bucket])  # n x (numel_i,) -> (Σ numel_i,)
-            dist.all_reduce(flat, group=group)
-            for b, chunk in zip(bucket, flat.split([b.numel() for b in bucket])):
-                b.copy_(chunk.view_as(b))
-            bucket, size = [], 0
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -255,7 +178,7 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
     par = Parallelized(model=model, dims=dims, mesh=mesh, fsdp=fsdp and mesh is not None)
     # 1. Megatron TP with sequence parallelism
     if dims.tp > 1:
-        par.tp_sharded = apply_tensor_parallel(model, par.group("tp"))
+        par.tp_plan = apply_tensor_parallel(model, par.group("tp"))
     # 2. attention over the sp group
     if mesh is not None and group_rank_size(par.group("sp"))[1] != dims.sp:
         raise ValueError(f"mesh sp size {group_rank_size(par.group('sp'))[1]} != sp={dims.sp}")
@@ -263,7 +186,7 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
     # 3. activation checkpointing
     if activation_checkpointing:
         apply_activation_checkpointing(model)
-    # 4. FSDP2 over dp x sp (replicated params need no wrapping: see sync_gradients)
+    # 4. FSDP2 over dp x sp (replicated params need no wrapping: gradients.sync_gradients)
     if par.fsdp:
         apply_fsdp(model, par._dp_sp, param_dtype)
     return par

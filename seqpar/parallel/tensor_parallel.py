@@ -8,6 +8,11 @@ sequence across the tp group (TP-SP): each attention / MLP module all-gathers
 its input once (a forward pre-hook, so q, k and v share one gather) and its
 row-parallel output is reduce-scattered back to sequence shards. The RoPE
 tables are gathered once per forward so they match the gathered length.
+
+Which parameters are tp shards, and along which dim of the dense weight, is
+declared by the layer types (``shard_dim`` of each class) and read off the
+model by :func:`tp_plan`, never guessed from parameter names: gradient sync,
+clipping and checkpoints all read that one plan.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class ColumnParallelLinear(nn.Module):
     already gathered the input for several column-parallel linears.
     """
 
+    #: the dense weight ``(out, in)`` is split along its output features
+    shard_dim = 0
+
     def __init__(self, weight: torch.Tensor, group, *, gather_input: bool = False,
                  seq_dim: int = 1):
         super().__init__()
@@ -62,6 +70,9 @@ class RowParallelLinear(nn.Module):
     The sum over ranks is a reduce-scatter along ``seq_dim`` when
     ``sequence_parallel`` (``(B, L, out) -> (B, L/tp, out)``), else an all-reduce.
     """
+
+    #: the dense weight ``(out, in)`` is split along its input features
+    shard_dim = 1
 
     def __init__(self, weight: torch.Tensor, group, *, sequence_parallel: bool = True,
                  seq_dim: int = 1):
@@ -103,18 +114,34 @@ def _gather_rope_hook(group):
     return hook
 
 
-def apply_tensor_parallel(model: nn.Module, group: dist.ProcessGroup | None) -> set[str]:
+TPPlan = dict[str, int]
+"""Parameter name -> the dim of its dense weight that tensor parallelism splits."""
+
+
+def tp_plan(model: nn.Module) -> TPPlan:
+    """The tp shards of ``model``, found by module type: every ``weight`` of a
+    :class:`ColumnParallelLinear` (dim 0) or :class:`RowParallelLinear` (dim 1).
+
+    Names are whatever the model calls those modules, so a renamed layer or
+    another model's TP layers are found just the same.
+    """
+    return {f"{name}.weight" if name else "weight": module.shard_dim
+            for name, module in model.named_modules()
+            if isinstance(module, (ColumnParallelLinear, RowParallelLinear))}
+
+
+def apply_tensor_parallel(model: nn.Module, group: dist.ProcessGroup | None) -> TPPlan:
     """Shard every block's attention and MLP over ``group`` (Megatron TP-SP), in place.
 
-    Returns the names of the parameters that are now tp shards (their gradients
-    are complete per tp rank; every other parameter sees only 1/tp of the tokens
-    and its gradient must also be summed over the tp group).
+    Returns the :func:`tp_plan` of the result: the parameters that are now tp
+    shards and their split dim (their gradients are complete per tp rank; every
+    other parameter sees only 1/tp of the tokens and its gradient must also be
+    summed over the tp group).
     """
     _, tp = group_rank_size(group)
     if tp == 1:
-        return set()
-    sharded: set[str] = set()
-    for i, block in enumerate(model.layers):
+        return {}
+    for block in model.layers:
         attn, mlp = block.attention, block.feed_forward
         for name in ("wq", "wk", "wv"):
             setattr(attn, name, ColumnParallelLinear.from_linear(getattr(attn, name), group))
@@ -125,14 +152,5 @@ def apply_tensor_parallel(model: nn.Module, group: dist.ProcessGroup | None) -> 
         mlp.w2 = RowParallelLinear.from_linear(mlp.w2, group)
         attn.register_forward_pre_hook(_gather_input_hook(group))
         mlp.register_forward_pre_hook(_gather_input_hook(group))
-        prefix = f"layers.{i}."
-        sharded |= {prefix + f"attention.{n}.weight" for n in ("wq", "wk", "wv", "wo")}
-        sharded |= {prefix + f"feed_forward.{n}.weight" for n in ("w1", "w3", "w2")
-                    if hasattr(mlp, n)}
     model.rope.register_forward_hook(_gather_rope_hook(group))
-    return sharded
-
-
-def tp_shard_dim(name: str) -> int:
-    """Which dim of the dense weight a TP-sharded parameter splits: 0 (column) or 1 (row)."""
-    return 1 if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else 0
+    return tp_plan(model)

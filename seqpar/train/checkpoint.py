@@ -6,7 +6,8 @@ are a pure function of ``(seed, step)``) and the RNG state.
 
 Resharding: each tensor is saved as its *global* value. FSDP2 parameters are
 already DTensors over ``dp x sp``; TP shards (plain tensors) are wrapped as
-DTensors ``Shard(dim)`` over the tp mesh. DCP then writes each piece once and
+DTensors ``Shard(dim)`` over the tp mesh, with the dim the handle's tp plan
+declares (read off the layer types, not the names). DCP then writes each piece once and
 can load onto any other dp/sp/tp split.
 
 Atomicity: every rank writes into ``.tmp-step-N``; once DCP has written its
@@ -14,6 +15,7 @@ metadata and every rank is past a barrier, rank 0 renames the folder to
 ``step-N`` (one ``rename``, atomic on a POSIX filesystem) and replaces the
 ``latest`` pointer file. A run killed mid-save leaves only a ``.tmp-*`` folder
 behind, which loading ignores, so the previous checkpoint stays usable.
+Which checkpoint a resume loads is decided in ``resume.py``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from ..parallel import Parallelized, tp_shard_dim
-
-PREFIX = "step-"
+from ..parallel import Parallelized
+from .resume import PREFIX
 
 
 def _is_dist() -> bool:
@@ -61,19 +62,19 @@ def _named_params(par: Parallelized) -> dict[str, torch.nn.Parameter]:
 
 def _global_view(par: Parallelized, name: str, t: torch.Tensor) -> torch.Tensor:
     """The tensor DCP should see for ``t`` (a parameter or an optimizer state of it)."""
-    if name not in par.tp_sharded or par.dims.tp == 1:
+    if name not in par.tp_plan or par.dims.tp == 1:
         return t  # plain replicated tensor, or an FSDP DTensor over dp x sp
     from torch.distributed.tensor import DTensor, Shard
 
     local = t.full_tensor() if isinstance(t, DTensor) else t  # the whole tp shard
-    return DTensor.from_local(local, par.mesh["tp"], [Shard(tp_shard_dim(name))],
+    return DTensor.from_local(local, par.mesh["tp"], [Shard(par.tp_plan[name])],
                               run_check=False)
 
 
 def _copy_back(par: Parallelized, name: str, target: torch.Tensor, view: torch.Tensor) -> None:
     """Write a loaded global view back into the live parameter / optimizer state
     (only TP shards need it: DCP loaded everything else in place)."""
-    if name not in par.tp_sharded or par.dims.tp == 1:
+    if name not in par.tp_plan or par.dims.tp == 1:
         return
     from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -161,24 +162,6 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     done = sorted(p for p in ckpt_dir.glob(f"{PREFIX}*")
                   if p.is_dir() and (p / ".metadata").exists())
     return done[-1] if done else None
-
-
-def resolve_resume(resume: str | bool, ckpt_dir: str | None) -> Path | None:
-    """``True``/``"latest"``: newest in ``ckpt_dir`` (None if there is none); a path: itself
-    (a folder holding ``step-*`` folders means its newest)."""
-    if resume is False or resume in ("", "false", "False", None):
-        return None
-    if resume is True or resume in ("latest", "true", "True"):
-        if not ckpt_dir:
-            raise ValueError("--resume needs --checkpoint-dir (or a checkpoint path)")
-        return latest_checkpoint(ckpt_dir)
-    path = Path(str(resume))
-    if (path / ".metadata").exists():
-        return path
-    found = latest_checkpoint(path)
-    if found is None:
-        raise ValueError(f"--resume {path}: no complete checkpoint there")
-    return found
 
 
 def load_checkpoint(path: str | Path, par: Parallelized,

@@ -123,6 +123,9 @@ def _check(cfg: TrainConfig, world: int) -> None:
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 1:
         raise ValueError(f"steps, batch_size and seq_len must be >= 1, got {cfg.steps}, "
                          f"{cfg.batch_size}, {cfg.seq_len}")
+    from .resume import resolve_resume
+
+    resolve_resume(cfg.resume, cfg.checkpoint_dir)  # an unreadable checkpoint: error here
 
 
 def _run_rank(rank: int, world: int, local_rank: int, cfg_dict: dict) -> None:
@@ -156,6 +159,8 @@ def _spawned(local_rank: int, world: int, port: int, cfg_dict: dict) -> None:
         _run_rank(local_rank, world, local_rank, cfg_dict)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except SystemExit:  # train.preemption.Preempted: 143 (SIGTERM) / 130 (SIGINT)
+        raise
     except BaseException:
         print(f"[rank {local_rank}] failed:\n{traceback.format_exc()}", file=sys.stderr,
               flush=True)

@@ -1,66 +1,38 @@
-"""The training loop: build, parallelize, train, checkpoint, report.
+"""The training loop: build, resume, repeat :func:`train_step`, checkpoint, report.
 
 ``train(cfg)`` runs in every process of an already initialised process group
 (or in one process with no torch.distributed at all). Each step every rank
-builds the same global batch, keeps its shard, runs forward/backward, and
-the SP-exact loss makes the result independent of how the batch was split.
+builds the same global batch, keeps its shard and runs :func:`train_step`; the
+SP-exact loss makes the result independent of how the batch was split.
+
+Around the steps: what to resume is decided before anything is built
+(``resume.py``), a checkpoint is written every ``checkpoint_every`` steps and
+at the end of every run that has a ``checkpoint_dir``, and SIGTERM / SIGINT
+stop all ranks after the same step with a checkpoint (``preemption.py``).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import resource
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 import torch.distributed as dist
 
-from ..data import make_dataset, shard_batch
+from ..data import LocalBatch, make_dataset, shard_batch
 from ..models import build_model, model_config
 from ..parallel import Parallelized, parallelize
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .loss import sp_exact_loss
+from .preemption import Preempted, StopOnSignal
+from .progress import Metrics, Progress, TrainResult
+from .resume import resolve_resume
+from .step import GradientHook, autocast_for, lr_at, make_optimizer, train_step
 
-
-@dataclass
-class TrainResult:
-    """Per-step history and the end-of-run summary (identical on every rank)."""
-
-    losses: list[float] = field(default_factory=list)
-    accuracies: list[float] = field(default_factory=list)
-    start_step: int = 0
-    tokens_per_s: float = 0.0
-    peak_memory_mb: list[float] = field(default_factory=list)
-    chance: float = 0.0
-    final_accuracy: float = 0.0
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine down to ``min_lr_ratio * lr`` at ``steps``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    span = max(1, cfg.steps - cfg.warmup)
-    progress = min(1.0, (step - cfg.warmup) / span)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(
-        math.pi * progress)))
+__all__ = ["TrainResult", "build", "lr_at", "train"]
 
 
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object, object]:
@@ -81,152 +53,81 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     return par, dataset, mcfg
 
 
-class _Metrics:
-    """JSON lines (and TensorBoard when installed) on rank 0."""
-
-    def __init__(self, path: str | None, rank: int):
-        self.file = self.tb = None
-        if path is None or rank != 0:
-            return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(path).with_suffix("")) + ".tb")
-        except Exception:  # noqa: BLE001 - tensorboard is optional
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+def local_batch(cfg: TrainConfig, dataset, par: Parallelized, step: int,
+                device: torch.device) -> LocalBatch:
+    """This rank's shard of step ``step``'s global batch (a pure function of seed, step)."""
+    tokens, labels = dataset.batch(step, cfg.batch_size, cfg.seed)
+    documents = (dataset.cu_seqlens(tokens)
+                 if cfg.documents and hasattr(dataset, "cu_seqlens") else None)
+    return shard_batch(tokens, labels, sp_group=par.sp_mesh, layout=cfg.layout,
+                       dp_rank=par.local_rank("dp"), dp=cfg.dp, tp_rank=par.local_rank("tp"),
+                       tp=cfg.tp, cu_seqlens=documents).to(device)
 
 
 def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int | None = None,
-          quiet: bool = False,
-          on_gradients: Callable[[int, Parallelized], None] | None = None) -> TrainResult:
+          quiet: bool = False, on_gradients: GradientHook | None = None) -> TrainResult:
     """Train per ``cfg`` (degrees already resolved); returns the history on every rank.
 
     ``stop_at`` ends the run early after that many steps (the LR schedule still
     follows ``cfg.steps``): tests use it to interrupt and resume a run.
     ``on_gradients(step, par)`` sees the reduced gradients before clipping
     (the gradient-parity test gathers them with ``par.full_gradients()``).
+    Raises :class:`~seqpar.train.preemption.Preempted` (a ``SystemExit`` with
+    code 143 / 130) after saving when SIGTERM / SIGINT stopped the run.
     """
     rank, world = _world()
     device = device or torch.device("cpu")
+    resume = resolve_resume(cfg.resume, cfg.checkpoint_dir)  # ValueError before any collective
     par, dataset, mcfg = build(cfg, device)
-    model = par.model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-                                  weight_decay=cfg.weight_decay)
-    start = 0
-    resume_from = resolve_resume(cfg.resume, cfg.checkpoint_dir)
-    if resume_from is not None:
-        start = load_checkpoint(resume_from, par, optimizer)
-        if rank == 0 and not quiet:
-            print(f"resumed from {resume_from} at step {start}", flush=True)
-    autocast = torch.autocast(device.type, dtype=cfg.torch_dtype,
-                              enabled=cfg.torch_dtype != torch.float32)
-    dp_rank, tp_rank = par.local_rank("dp"), par.local_rank("tp")
-    sp_group = par.sp_mesh  # hybrid: the 2-D mesh, whose slice order shard() knows
-    metrics = _Metrics(cfg.metrics, rank)
-    result = TrainResult(start_step=start, chance=getattr(dataset, "chance", 0.0))
+    optimizer = make_optimizer(par, cfg)
     show = rank == 0 and not quiet
-    tty = show and sys.stdout.isatty()
-    if show:
-        n = sum(p.numel() for p in model.parameters())
-        print(f"seqpar train: {cfg.model} ({mcfg.arch}, {n / 1e6:.2f}M local params) | "
-              f"{par.dims.describe()} | world {world} on {device.type} | "
-              f"{'fsdp' if par.fsdp else 'replicated'} | data {cfg.data} | "
-              f"seq_len {cfg.seq_len} x batch {cfg.batch_size} | {cfg.dtype}", flush=True)
+    for note in resume.notes if show else ():  # before loading: what loads, what is skipped
+        print(note, flush=True)
+    start = load_checkpoint(resume.path, par, optimizer) if resume.path is not None else 0
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    timed_tokens, timed_seconds = 0, 0.0
-    recent_acc: list[float] = []
-    for step in range(start, end):
-        t0 = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        tokens, labels = dataset.batch(step, cfg.batch_size, cfg.seed)
-        documents = (dataset.cu_seqlens(tokens)
-                     if cfg.documents and hasattr(dataset, "cu_seqlens") else None)
-        batch = shard_batch(tokens, labels, sp_group=sp_group, layout=cfg.layout,
-                            dp_rank=dp_rank, dp=cfg.dp, tp_rank=tp_rank, tp=cfg.tp,
-                            cu_seqlens=documents).to(device)
-        par.set_documents(batch.cu_seqlens)
-        with autocast:
-            logits = model(batch.tokens, batch.position_ids)
-        out = sp_exact_loss(logits, batch.labels, par.group("world"))
-        out.backward_loss.backward()
-        par.sync_gradients()
-        if on_gradients is not None:
-            on_gradients(step, par)
-        grad_norm = par.clip_grad_norm(cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        n_tokens = cfg.batch_size * cfg.seq_len
-        if step > start:  # the first step pays for warm-up (allocations, plans)
-            timed_tokens += n_tokens
-            timed_seconds += dt
-        result.losses.append(out.loss)
-        result.accuracies.append(out.accuracy)
-        recent_acc = (recent_acc + [out.accuracy])[-20:]
-        done = step + 1
-        tps = timed_tokens / timed_seconds if timed_seconds else n_tokens / dt
-        metrics.write({"step": done, "loss": out.loss, "accuracy": out.accuracy, "lr": lr,
-                       "grad_norm": grad_norm, "tokens_per_s": n_tokens / dt,
-                       "step_time_s": dt, "labelled_tokens": out.tokens})
-        if show and (tty or done % cfg.log_every == 0 or done == end or done == start + 1):
-            acc = sum(recent_acc) / len(recent_acc)
-            bar = _bar(done, cfg.steps)
-            line = (f"{bar} step {done}/{cfg.steps} | loss {out.loss:.4f} | "
-                    f"acc {100 * acc:5.1f}%{_chance(result.chance)} | "
-                    f"{tps:,.0f} tok/s | lr {lr:.2e}")
-            print(("\r" + line) if tty else line, end="" if tty and done < end else "\n",
-                  flush=True)
-        if cfg.checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            path = save_checkpoint(cfg.checkpoint_dir, done, par, optimizer,
-                                   keep=cfg.keep_checkpoints)
-            if show:
-                print(("\n" if tty else "") + f"saved {path}", flush=True)
-    metrics.close()
-    result.tokens_per_s = timed_tokens / timed_seconds if timed_seconds else 0.0
-    result.final_accuracy = sum(recent_acc) / len(recent_acc) if recent_acc else 0.0
-    mem = _peak_memory_mb(device)
-    if world > 1:
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, mem)
-        result.peak_memory_mb = [float(m) for m in gathered]
-    else:
-        result.peak_memory_mb = [mem]
-    if show and result.losses:
-        kind = "GPU allocated" if device.type == "cuda" else "RSS"
-        print(f"summary: {len(result.losses)} steps | final loss {result.losses[-1]:.4f} | "
-              f"accuracy (last 20 steps) {100 * result.final_accuracy:.1f}%"
-              f"{_chance(result.chance)} | {result.tokens_per_s:,.0f} tokens/s | "
-              f"peak memory per rank ({kind}, MiB): "
-              + ", ".join(f"{m:.0f}" for m in result.peak_memory_mb), flush=True)
+    progress = Progress(steps=cfg.steps, start=start, end=end,
+                        tokens_per_step=cfg.batch_size * cfg.seq_len, log_every=cfg.log_every,
+                        show=show, metrics=Metrics(cfg.metrics, rank, start),
+                        chance=getattr(dataset, "chance", 0.0))
+    if resume.path is not None:
+        progress.say(f"resumed from {resume.path} at step {start}")
+    if start >= cfg.steps:
+        progress.say(f"nothing to train: the checkpoint is at step {start} and --steps is "
+                     f"{cfg.steps}; pass --steps > {start} to train further", err=True)
+    n = sum(p.numel() for p in par.model.parameters())
+    progress.say(f"seqpar train: {cfg.model} ({mcfg.arch}, {n / 1e6:.2f}M local params) | "
+                 f"{par.dims.describe()} | world {world} on {device.type} | "
+                 f"{'fsdp' if par.fsdp else 'replicated'} | data {cfg.data} | "
+                 f"seq_len {cfg.seq_len} x batch {cfg.batch_size} | {cfg.dtype}")
+    autocast = autocast_for(device, cfg.torch_dtype)
+    saved = start if resume.path is not None else None  # the step the newest save holds
+    done, stopped_by = start, 0
+    with StopOnSignal() as stop:
+        for step in range(start, end):
+            progress.step_started()
+            out = train_step(par, optimizer, local_batch(cfg, dataset, par, step, device),
+                             step=step, lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
+                             autocast=autocast, on_gradients=on_gradients)
+            done = step + 1
+            progress.step_done(step, out, device)
+            stopped_by = stop.agreed(device)  # every rank stops after the same step
+            if stopped_by:
+                break
+            if cfg.checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                saved = _save(cfg, done, par, optimizer, progress)
+        if cfg.checkpoint_dir and done > start and saved != done:  # every run's end, once
+            saved = _save(cfg, done, par, optimizer, progress)
+        result = progress.finish(device, world)
+        if stopped_by:
+            where = checkpoint_path(cfg.checkpoint_dir, done) if cfg.checkpoint_dir else None
+            stopped = Preempted(stopped_by, done, where, result)
+            progress.say(f"seqpar train: {stopped}"
+                         + ("; continue with --resume" if where else ""), err=True)
+            raise stopped
     return result
 
 
-def _bar(done: int, total: int, width: int = 20) -> str:
-    filled = int(width * done / max(total, 1))
-    return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-def _chance(chance: float) -> str:
-    """`` (chance x%)`` for the synthetic tasks; nothing for text (no fixed chance)."""
-    return f" (chance {100 * chance:.1f}%)" if chance > 0 else ""
+def _save(cfg: TrainConfig, step: int, par: Parallelized, optimizer, progress: Progress) -> int:
+    path = save_checkpoint(cfg.checkpoint_dir, step, par, optimizer, keep=cfg.keep_checkpoints)
+    progress.say(f"saved {path}")
+    return step

@@ -1,0 +1,81 @@
+"""One optimizer step: forward, SP-exact loss, backward, gradient sync, clip, update.
+
+``train_step`` is the unit a schedule repeats. It takes an already sharded
+:class:`~seqpar.data.LocalBatch` and returns plain numbers (global values,
+identical on every rank); everything around it (data, logging, checkpoints,
+stopping) lives in the loop. Gradient accumulation or a pipeline schedule
+replaces the single forward/backward inside it and keeps the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..data import LocalBatch
+from ..parallel import Parallelized, clip_grad_norm, sync_gradients
+from .config import TrainConfig
+from .loss import sp_exact_loss
+
+#: ``on_gradients(step, par)``: sees the summed gradients before clipping (tests).
+GradientHook = Callable[[int, Parallelized], None]
+
+
+@dataclass
+class StepOutput:
+    """Global loss/accuracy over the labelled tokens of the step, the gradient norm
+    before clipping and the learning rate used."""
+
+    loss: float
+    accuracy: float
+    tokens: int
+    grad_norm: float
+    lr: float
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine down to ``min_lr_ratio * lr`` at ``steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    span = max(1, cfg.steps - cfg.warmup)
+    progress = min(1.0, (step - cfg.warmup) / span)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(
+        math.pi * progress)))
+
+
+def make_optimizer(par: Parallelized, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the (possibly sharded) parameters; the LR is set by each step."""
+    return torch.optim.AdamW(par.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+                             weight_decay=cfg.weight_decay)
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
+    """Autocast to ``dtype`` on ``device`` (nothing for float32)."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def train_step(par: Parallelized, optimizer: torch.optim.Optimizer, batch: LocalBatch, *,
+               step: int, lr: float, grad_clip: float,
+               autocast: AbstractContextManager | None = None,
+               on_gradients: GradientHook | None = None) -> StepOutput:
+    """Run step ``step`` (0-based) on this rank's ``batch``; collective over every rank."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast if autocast is not None else nullcontext():
+        logits = par.model(batch.tokens, batch.position_ids, documents=batch.cu_seqlens)
+    out = sp_exact_loss(logits, batch.labels, par.group("world"))
+    out.backward_loss.backward()
+    sync_gradients(par)
+    if on_gradients is not None:
+        on_gradients(step, par)
+    grad_norm = clip_grad_norm(par, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutput(loss=out.loss, accuracy=out.accuracy, tokens=out.tokens,
+                      grad_norm=grad_norm, lr=lr)
