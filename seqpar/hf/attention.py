@@ -62,6 +62,8 @@ def apply(model: nn.Module, *, group=None, strategy: str = "ring",
     ``strategy="hybrid"`` the 2-D mesh of :func:`seqpar.hybrid_mesh`. Feed the model
     batches from :func:`seqpar.hf.shard_batch` with the same group and layout.
     Idempotent; calling it again replaces the configuration. Returns ``model``.
+    It sets ``model.config._attn_implementation``: a config object shared with
+    another model (``from_config(cfg)`` twice) switches that one too.
     Raises ``ValueError`` for an unsupported family or strategy (no collectives).
     """
     check_supported(model.config)
