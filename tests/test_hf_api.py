@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_hf_parity import VOCAB, tiny_config
+from transformers import AutoModelForCausalLM, BertConfig, GPT2Config
 
-transformers = pytest.importorskip("transformers")
-
-from test_hf_parity import VOCAB, tiny_config  # noqa: E402
-from transformers import AutoModelForCausalLM, BertConfig, GPT2Config  # noqa: E402
-
-import seqpar.hf  # noqa: E402
+import seqpar.hf
 
 
 def _model(family="llama", attn="seqpar", seed=0, **overrides):
@@ -131,7 +128,9 @@ def test_saved_model_reloads_without_seqpar(tmp_path):
     """The group lives outside the config: a model saved under seqpar reloads anywhere."""
     model = seqpar.hf.apply(_model())
     model.save_pretrained(tmp_path)
-    again = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+    assert "seqpar" not in (tmp_path / "config.json").read_text()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)  # the default attention
+    assert again.config._attn_implementation != "seqpar"
     ids = torch.randint(0, VOCAB, (1, 8))
     torch.testing.assert_close(again(input_ids=ids).logits,
                                model(**seqpar.hf.shard_batch(ids).model_kwargs()).logits,
