@@ -31,6 +31,7 @@ from .batch import ShardedBatch, cu_seqlens_from_position_ids, shard_batch, shif
 from .families import SUPPORTED_MODEL_TYPES, attention_modules, check_supported, decoder_layers
 from .fsdp import fully_shard_model
 from .loss import loss
+from .tensor_parallel import apply_tensor_parallel
 
 register()
 
@@ -40,6 +41,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "ShardedBatch",
     "apply",
+    "apply_tensor_parallel",
     "attention_config",
     "attention_modules",
     "check_supported",

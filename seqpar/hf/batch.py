@@ -12,13 +12,14 @@ themselves (sharded) feed RoPE.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..comm import seq_rank_size
+from ..comm import group_rank_size, resolve_group, seq_rank_size
 from ..layout import Layout, get_layout, shard
-from ..padding import IGNORE_INDEX, padded_length
+from ..padding import IGNORE_INDEX
 from .attention import CU_SEQLENS_KWARG
 
 
@@ -85,8 +86,8 @@ def _document_starts(position_ids: torch.Tensor) -> torch.Tensor:
 
 def shard_batch(input_ids: torch.Tensor, labels: torch.Tensor | None = None, *, group=None,
                 layout: str | Layout = "zigzag", position_ids: torch.Tensor | None = None,
-                pad: bool = False, pad_token_id: int = 0,
-                mask_document_ends: bool = True) -> ShardedBatch:
+                pad: bool = False, pad_token_id: int = 0, mask_document_ends: bool = True,
+                tp_group=None) -> ShardedBatch:
     """This rank's part of a global batch, ready for a model under :func:`seqpar.hf.apply`.
 
     ``input_ids (B, L)``; ``labels (B, L)`` unshifted, HF-style (default: the inputs);
@@ -95,6 +96,8 @@ def shard_batch(input_ids: torch.Tensor, labels: torch.Tensor | None = None, *, 
     a multiple of the layout's granule; ``pad=True`` pads at the end instead
     (padding is its own document with labels -100, so loss and gradients are
     unchanged). Every check is local: errors come before any collective.
+    ``tp_group`` (with :func:`seqpar.hf.apply_tensor_parallel`): keep the
+    ``tp_rank``-th contiguous chunk of the sp shard, ``(B, L/(P*tp))``.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
@@ -110,12 +113,15 @@ def shard_batch(input_ids: torch.Tensor, labels: torch.Tensor | None = None, *, 
                            mask_document_ends=mask_document_ends)
     lay = get_layout(layout)
     world = seq_rank_size(group)[1]
-    target = padded_length(length, world=world, layout=lay)
+    tp_rank, tp = group_rank_size(resolve_group(tp_group)) if tp_group is not None else (0, 1)
+    multiple = math.lcm(lay.granule(world), world * tp)
+    target = -(-length // multiple) * multiple
     if target != length:
         if not pad:
+            where = f" and tp={tp}" if tp > 1 else ""
             raise ValueError(
-                f"layout={lay.name!r} over {world} ranks splits sequence lengths that are "
-                f"multiples of {lay.granule(world)}, got L={length} (next: {target}); pass "
+                f"layout={lay.name!r} over {world} ranks{where} splits sequence lengths that "
+                f"are multiples of {multiple}, got L={length} (next: {target}); pass "
                 "pad=True or pack to such a length")
         n = target - length
         # (B, L) -> (B, L + n): pad tokens, ignored labels, positions 0.. (a new document)
@@ -126,8 +132,9 @@ def shard_batch(input_ids: torch.Tensor, labels: torch.Tensor | None = None, *, 
         packed = True
     cu = cu_seqlens_from_position_ids(position_ids) if packed else None
     # (B, L) -> (B, L/P) in the layout's local order
-    parts = [shard(t, dim=1, group=group, layout=lay).contiguous()
-             for t in (input_ids, shifted, position_ids)]
+    parts = [shard(t, dim=1, group=group, layout=lay) for t in (input_ids, shifted, position_ids)]
+    # (B, L/P) -> (B, L/(P*tp)): contiguous chunk tp_rank (the TP all-gather's order)
+    parts = [t.chunk(tp, dim=1)[tp_rank].contiguous() for t in parts]
     return ShardedBatch(*parts, cu_seqlens=cu, global_length=target)
 
 
