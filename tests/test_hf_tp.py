@@ -53,6 +53,7 @@ def _tp_worker(rank, world, paths):
                     dist.all_reduce(g)
                     ref = ref_grads[name]
                 assert_close(g, ref, f"{what} grad {name}")
+    _fsdp_tp_case(paths["llama"], rank)
     # heads that do not split over tp: a local error, before any collective
     bad = AutoModelForCausalLM.from_config(tiny_config("llama", num_key_value_heads=1))
     with pytest.raises(ValueError, match=r"tp=2 must divide .* the kv heads \(1\)"):
@@ -60,6 +61,38 @@ def _tp_worker(rank, world, paths):
     with pytest.raises(ValueError, match=r"over 2 ranks and tp=2 .* multiples of 4, got L=6"):
         seqpar.hf.shard_batch(torch.zeros(1, 6, dtype=torch.long), group=sp_group,
                               layout="zigzag", tp_group=tp_group)
+
+
+def _fsdp_tp_case(path, rank):
+    """FSDP2 over the sp dim of an ("sp", "tp") mesh on top of TP-SP: FSDP sums over
+    sp; replicated parameters are then summed over tp as well."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import AutoModelForCausalLM
+
+    import seqpar
+    import seqpar.hf
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("sp", "tp"))
+    sp_group, tp_group, tp_rank = mesh.get_group("sp"), mesh.get_group("tp"), rank % 2
+    _, ids, labels, pos = batches()[1]
+    ref_logits, ref_loss, ref_grads = reference(path, ids, labels, pos)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    seqpar.hf.apply(model, group=sp_group, strategy="ring", layout="zigzag")
+    sharded = seqpar.hf.apply_tensor_parallel(model, tp_group)
+    seqpar.hf.fully_shard_model(model, mesh["sp"])
+    batch = seqpar.hf.shard_batch(ids, labels, group=sp_group, layout="zigzag",
+                                  position_ids=pos, tp_group=tp_group)
+    out = seqpar.hf.loss(model(**batch.model_kwargs()).logits, batch.labels)
+    out.backward_loss.backward()
+    assert abs(out.loss - ref_loss) <= 1e-5 * abs(ref_loss)
+    for name, p in model.named_parameters():
+        g = p.grad.full_tensor()  # summed over sp by FSDP's reduce-scatter
+        if name in sharded:
+            ref = ref_grads[name].chunk(2, dim=sharded[name])[tp_rank]
+        else:
+            dist.all_reduce(g, group=tp_group)
+            ref = ref_grads[name]
+        assert_close(g, ref, f"fsdp+tp grad {name}")
 
 
 def test_hf_tensor_parallel_sp2_tp2(spawn, tmp_path):

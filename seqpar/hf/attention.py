@@ -73,12 +73,14 @@ def apply(model: nn.Module, *, group=None, strategy: str = "ring",
         raise ValueError("strategy='hybrid' needs group= the 2-D mesh of seqpar.hybrid_mesh, "
                          "and that mesh needs strategy='hybrid'; got strategy="
                          f"{strategy!r} with a {type(group).__name__} group")
-    lay = get_layout(layout)
-    register()
-    for module in attention_modules(model):
+    modules = attention_modules(model)
+    for module in modules:
         if not getattr(module, "is_causal", True):
             raise ValueError(f"{type(module).__name__} is not causal; seqpar.hf runs causal LMs")
-        _CONFIGS[module] = SeqparAttentionConfig(strategy, lay, group)
+    register()
+    shared = SeqparAttentionConfig(strategy, get_layout(layout), group)  # one check per shape
+    for module in modules:
+        _CONFIGS[module] = shared
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     return model
 
