@@ -32,6 +32,7 @@ from .families import SUPPORTED_MODEL_TYPES, attention_modules, check_supported,
 from .fsdp import fully_shard_model
 from .loss import loss
 from .tensor_parallel import apply_tensor_parallel
+from .weights import load_weights, save_weights, weight_files
 
 register()
 
@@ -48,9 +49,12 @@ __all__ = [
     "cu_seqlens_from_position_ids",
     "decoder_layers",
     "fully_shard_model",
+    "load_weights",
     "loss",
     "register",
+    "save_weights",
     "seqpar_attention_forward",
     "shard_batch",
     "shift_labels",
+    "weight_files",
 ]
