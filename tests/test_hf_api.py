@@ -135,3 +135,47 @@ def test_saved_model_reloads_without_seqpar(tmp_path):
     torch.testing.assert_close(again(input_ids=ids).logits,
                                model(**seqpar.hf.shard_batch(ids).model_kwargs()).logits,
                                rtol=1e-5, atol=1e-6)
+
+
+def _word_tokenizer(n_words: int):
+    """A tokenizer built in-test (no download): one id per word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(n_words)}
+    vocab["[UNK]"] = n_words
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+def test_model_folder_checks(tmp_path):
+    good = tmp_path / "good"
+    _model(attn="sdpa").save_pretrained(good, max_shard_size="40KB")
+    _word_tokenizer(VOCAB - 1).save_pretrained(good)
+    config = seqpar.hf.check_model_folder(good)
+    assert config.model_type == "llama"
+    seqpar.hf.check_tokenizer(_word_tokenizer(VOCAB - 1), config)  # VOCAB tokens: fits
+    with pytest.raises(ValueError, match=rf"tokenizer has {VOCAB + 1} tokens but the model's "
+                                         rf"vocab_size is {VOCAB}"):
+        seqpar.hf.check_tokenizer(_word_tokenizer(VOCAB), config)
+    with pytest.raises(ValueError, match="not a directory"):
+        seqpar.hf.check_model_folder(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="config.json is missing"):
+        seqpar.hf.check_model_folder(tmp_path)
+    shard = sorted(good.glob("model-*.safetensors"))[-1]
+    shard.rename(tmp_path / "moved.safetensors")
+    with pytest.raises(ValueError, match=rf"missing: \['{shard.name}'\]"):
+        seqpar.hf.check_model_folder(good)
+    bare = tmp_path / "bare"
+    _model(attn="sdpa").save_pretrained(bare)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        seqpar.hf.check_model_folder(bare)
+    (bare / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="no model.safetensors"):
+        seqpar.hf.check_model_folder(bare, need_tokenizer=False)
+    gpt2 = tmp_path / "gpt2"
+    AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=4)).save_pretrained(
+        gpt2)
+    with pytest.raises(ValueError, match="model_type='gpt2'"):
+        seqpar.hf.check_model_folder(gpt2, need_tokenizer=False)

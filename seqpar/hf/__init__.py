@@ -29,6 +29,7 @@ from .attention import (
 )
 from .batch import ShardedBatch, cu_seqlens_from_position_ids, shard_batch, shift_labels
 from .families import SUPPORTED_MODEL_TYPES, attention_modules, check_supported, decoder_layers
+from .folder import check_model_folder, check_tokenizer
 from .fsdp import fully_shard_model
 from .loss import loss
 from .tensor_parallel import apply_tensor_parallel
@@ -45,7 +46,9 @@ __all__ = [
     "apply_tensor_parallel",
     "attention_config",
     "attention_modules",
+    "check_model_folder",
     "check_supported",
+    "check_tokenizer",
     "cu_seqlens_from_position_ids",
     "decoder_layers",
     "fully_shard_model",
