@@ -44,6 +44,8 @@ def test_shard_batch_one_rank_kwargs():
     packed = seqpar.hf.shard_batch(ids, position_ids=torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]))
     assert seqpar.hf.CU_SEQLENS_KWARG in packed.model_kwargs()
     assert packed.labels[0, 3] == -100 and packed.labels[0, 2] == ids[0, 3]
+    moved = packed.to("cpu")
+    assert torch.equal(moved.labels, packed.labels) and moved.cu_seqlens is packed.cu_seqlens
 
 
 def test_padding_keeps_loss_and_gradients():

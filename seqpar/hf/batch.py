@@ -38,6 +38,12 @@ class ShardedBatch:
     cu_seqlens: list[torch.Tensor] | None
     global_length: int
 
+    def to(self, device: torch.device | str) -> ShardedBatch:
+        """Tensors on ``device``; ``cu_seqlens`` stay on the CPU (read on the host)."""
+        return ShardedBatch(*(t.to(device, non_blocking=True)
+                              for t in (self.input_ids, self.labels, self.position_ids)),
+                            cu_seqlens=self.cu_seqlens, global_length=self.global_length)
+
     def model_kwargs(self) -> dict:
         """``model(**batch.model_kwargs())``: ids, positions, documents, no KV cache."""
         kw = dict(input_ids=self.input_ids, position_ids=self.position_ids, use_cache=False)
