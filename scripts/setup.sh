@@ -14,3 +14,6 @@ fi
 for pkg in numpy pytest; do
   .venv/bin/python -c "import $pkg" 2>/dev/null || .venv/bin/python -m pip install -q "$pkg"
 done
+# the `hf` extra (seqpar.hf and its tests); pure-Python wheels, never torch
+.venv/bin/python -c "import transformers, safetensors, tokenizers" 2>/dev/null \
+  || .venv/bin/python -m pip install -q "transformers>=4.56,<6" "safetensors>=0.4.3" "tokenizers>=0.21"
