@@ -1,0 +1,106 @@
+"""The spawned rank's side of :func:`seqpar.launch.spawn`.
+
+Each rank is a fresh ``python -c BOOT RUN_DIR RANK`` (in its own session, so a
+terminal's Ctrl-C reaches only the launcher, which passes it on exactly once).
+It takes the parent's ``sys.path``, unpickles ``(fn, args)`` from
+``RUN_DIR/payload.pkl`` and runs ``fn(*args)``; the environment (``RANK``,
+``WORLD_SIZE``, ``MASTER_*``, ``OMP_NUM_THREADS``) was set by the launcher.
+
+A failure is not printed: its traceback goes to ``RUN_DIR/rank-R.log`` and a
+one-line summary with the time to ``RUN_DIR/rank-R.json``, so the launcher can
+print one line naming the first failing rank instead of one traceback per rank.
+Signals are left alone: whatever handler ``fn`` installs gets them; without one,
+SIGINT ends the rank quietly with 130 and SIGTERM with the default action.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import time
+import traceback
+from pathlib import Path
+
+#: What the launcher runs in each rank's interpreter (argv: RUN_DIR RANK).
+BOOT = ("import json, sys; "
+        "sys.path[:] = json.load(open(sys.argv[1] + '/boot.json'))['path']; "
+        "from seqpar.launch.child import main; main(sys.argv[1], int(sys.argv[2]))")
+
+
+def boot_info() -> dict:
+    """What a rank needs before it can unpickle: the path, and how to find ``__main__``."""
+    main_mod = sys.modules.get("__main__")
+    spec = getattr(main_mod, "__spec__", None)
+    return {"path": list(sys.path), "main_name": getattr(spec, "name", None),
+            "main_file": getattr(main_mod, "__file__", None)}
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL if the launcher dies (ranks live in their own session)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort (not Linux)
+        pass
+
+
+def _main_module(info: dict) -> None:
+    """Make functions pickled from the launcher's ``__main__`` resolvable here
+    (what multiprocessing's spawn does: import the module as ``__mp_main__``)."""
+    import importlib
+    import runpy
+    import types
+
+    if info.get("main_name") and info["main_name"] != "__main__":
+        sys.modules["__main__"] = importlib.import_module(info["main_name"])
+    elif info.get("main_file") and os.path.exists(info["main_file"]):
+        mod = types.ModuleType("__mp_main__")
+        mod.__dict__.update(runpy.run_path(info["main_file"], run_name="__mp_main__"))
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = mod
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` with the message's whitespace (newlines too) folded."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def record_failure(run_dir: str | Path, rank: int, exc: BaseException) -> None:
+    """Write the traceback and a one-line summary where the launcher looks."""
+    run_dir = Path(run_dir)
+    (run_dir / f"rank-{rank}.log").write_text(
+        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    (run_dir / f"rank-{rank}.json").write_text(
+        json.dumps({"time": time.time(), "summary": one_line(exc)}))
+
+
+def main(run_dir: str, rank: int) -> None:
+    _die_with_parent()
+    with open(os.path.join(run_dir, "boot.json")) as fh:
+        info = json.load(fh)
+    code = 1
+    try:
+        _main_module(info)
+        with open(os.path.join(run_dir, "payload.pkl"), "rb") as fh:
+            fn, args = pickle.load(fh)
+        code = int(fn(*args) or 0)
+    except KeyboardInterrupt:
+        code = 130
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:  # SystemExit("message"): an error with a message, no traceback needed
+            (Path(run_dir) / f"rank-{rank}.json").write_text(
+                json.dumps({"time": time.time(), "summary": str(exc.code)}))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the rank's log
+        record_failure(run_dir, rank, exc)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(code)  # skip interpreter teardown (NCCL/gloo atexit hooks can block)
