@@ -20,11 +20,11 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from .group import cpu_threads, free_port, init_from_env, leaving_group_after, under_launcher
-from .spawn import FAILURE_GRACE_S, SIGNAL_GRACE_S, Failure, Outcome, spawn
+from .spawn import FAILURE_GRACE_S, SIGNAL_GRACE_S, Failure, Outcome, run_here, spawn
 
 __all__ = ["FAILURE_GRACE_S", "SIGNAL_GRACE_S", "Failure", "Outcome", "cpu_threads",
-           "free_port", "in_group", "init_from_env", "leaving_group_after", "run", "spawn",
-           "under_launcher"]
+           "free_port", "in_group", "init_from_env", "leaving_group_after", "run", "run_here",
+           "spawn", "under_launcher"]
 
 
 def in_group(fn: Callable[..., int | None], args: tuple, timeout: timedelta | None = None,

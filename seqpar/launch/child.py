@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import sys
 import time
 import traceback
@@ -63,9 +64,25 @@ def _main_module(info: dict) -> None:
         sys.modules["__main__"] = sys.modules["__mp_main__"] = mod
 
 
+#: Longest message kept on the one error line (the full text is in the rank's log).
+MAX_MESSAGE = 300
+
+
 def one_line(exc: BaseException) -> str:
-    """``Type: message`` with the message's whitespace (newlines too) folded."""
-    msg = " ".join(str(exc).split())
+    """``Type: message`` on one line, whitespace folded, at most ~MAX_MESSAGE characters.
+
+    A message that carries other tracebacks (DCP's ``CheckpointException`` holds
+    every rank's) is cut to the innermost exception line, the cause.
+    """
+    text = str(exc).strip()
+    if "Traceback (most recent call last)" in text:
+        causes = [ln.strip() for ln in text.splitlines()
+                  if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", ln)]
+        if causes:
+            text = causes[-1]
+    msg = " ".join(text.split())
+    if len(msg) > MAX_MESSAGE:
+        msg = msg[:MAX_MESSAGE].rsplit(" ", 1)[0] + " ..."
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 

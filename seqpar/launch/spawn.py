@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .child import BOOT, boot_info
+from .child import BOOT, boot_info, record_failure
 from .group import cpu_threads, free_port
 
 #: Seconds the other ranks get to end on their own after one rank failed.
@@ -139,6 +139,29 @@ def _start(run_dir: Path, nproc: int, env: dict[str, str] | None) -> list[subpro
     return procs
 
 
+def _run_dir(prog: str | None) -> Path:
+    base = os.environ.get("SEQPAR_LOG_DIR")  # e.g. a folder that outlives /tmp
+    if base:
+        os.makedirs(base, exist_ok=True)
+    slug = (prog or "seqpar").replace(" ", "-")
+    return Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=base or None))
+
+
+def run_here(fn: Callable[..., int | None], *args, prog: str = "seqpar") -> int:
+    """Run ``fn(*args)`` in this process (a one-rank run) with the same one-line
+    failure report as spawned ranks; returns the exit code."""
+    try:
+        return int(fn(*args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - reported as one line, traceback in the log
+        run_dir = _run_dir(prog)
+        record_failure(run_dir, 0, exc)
+        failures = _failures(run_dir, [1], {}, set())
+        print(Outcome(1, failures).error_line(prog), file=sys.stderr, flush=True)
+        return 1
+
+
 def spawn(fn: Callable[..., int | None], nproc: int, *args, prog: str | None = "seqpar",
           failure_grace_s: float = FAILURE_GRACE_S, signal_grace_s: float = SIGNAL_GRACE_S,
           deadline_s: float | None = None, env: dict[str, str] | None = None) -> Outcome:
@@ -152,11 +175,7 @@ def spawn(fn: Callable[..., int | None], nproc: int, *args, prog: str | None = "
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    slug = (prog or "seqpar").replace(" ", "-")
-    base = os.environ.get("SEQPAR_LOG_DIR")  # e.g. a folder that outlives /tmp
-    if base:
-        os.makedirs(base, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=base or None))
+    run_dir = _run_dir(prog)
     (run_dir / "boot.json").write_text(json.dumps(boot_info()))
     with open(run_dir / "payload.pkl", "wb") as fh:
         pickle.dump((fn, args), fh)
