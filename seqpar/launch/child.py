@@ -10,7 +10,8 @@ A failure is not printed: its traceback goes to ``RUN_DIR/rank-R.log`` and a
 one-line summary with the time to ``RUN_DIR/rank-R.json``, so the launcher can
 print one line naming the first failing rank instead of one traceback per rank.
 Signals are left alone: whatever handler ``fn`` installs gets them; without one,
-SIGINT ends the rank quietly with 130 and SIGTERM with the default action.
+SIGINT ends the rank quietly with 130 (even if the launcher was started with
+SIGINT ignored) and SIGTERM with the default action.
 """
 
 from __future__ import annotations
@@ -68,6 +69,20 @@ def _main_module(info: dict) -> None:
 MAX_MESSAGE = 300
 
 
+def _payload(run_dir: str, info: dict) -> tuple:
+    """``(fn, args)``; the launcher's ``__main__`` is loaded only if they refer to it."""
+    path = os.path.join(run_dir, "payload.pkl")
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except AttributeError as exc:
+        if "__main__" not in str(exc):
+            raise
+    _main_module(info)
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+
+
 def one_line(exc: BaseException) -> str:
     """``Type: message`` on one line, whitespace folded, at most ~MAX_MESSAGE characters.
 
@@ -96,14 +111,17 @@ def record_failure(run_dir: str | Path, rank: int, exc: BaseException) -> None:
 
 
 def main(run_dir: str, rank: int) -> None:
+    import signal
+
     _die_with_parent()
+    # a launcher started in the background inherits SIGINT ignored; its ranks must not
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with open(os.path.join(run_dir, "boot.json")) as fh:
         info = json.load(fh)
     code = 1
     try:
-        _main_module(info)
-        with open(os.path.join(run_dir, "payload.pkl"), "rb") as fh:
-            fn, args = pickle.load(fh)
+        fn, args = _payload(run_dir, info)
         code = int(fn(*args) or 0)
     except KeyboardInterrupt:
         code = 130

@@ -96,10 +96,12 @@ def _failures(run_dir: Path, codes: list[int], seen: dict[int, float],
 
 
 class _Signals:
-    """SIGTERM/SIGINT handlers for the launcher while its ranks run."""
+    """SIGTERM/SIGINT handlers for the launcher while its ranks run: the first signal
+    goes on to every rank once, a second one kills them."""
 
     def __init__(self, procs: list[subprocess.Popen]):
         self.procs, self.received, self.previous = procs, [], {}
+        self.told: set[int] = set()  # pids that got the first signal
 
     def __enter__(self):
         try:
@@ -115,15 +117,21 @@ class _Signals:
 
     def send(self, sig: int) -> None:
         for p in self.procs:
-            if p.returncode is None:
+            if p.returncode is None and (sig == signal.SIGKILL or p.pid not in self.told):
+                self.told.add(p.pid)
                 try:
                     os.kill(p.pid, sig)
                 except ProcessLookupError:
                     pass
 
+    def pass_on(self) -> None:
+        """Send what was received: the first signal to ranks not told yet, or SIGKILL."""
+        if self.received:
+            self.send(self.received[0] if len(self.received) == 1 else signal.SIGKILL)
+
     def _on_signal(self, signum, frame) -> None:
         self.received.append(signum)
-        self.send(signum if len(self.received) == 1 else signal.SIGKILL)
+        self.pass_on()
 
 
 def _start(run_dir: Path, nproc: int, env: dict[str, str] | None) -> list[subprocess.Popen]:
@@ -179,13 +187,15 @@ def spawn(fn: Callable[..., int | None], nproc: int, *args, prog: str | None = "
     (run_dir / "boot.json").write_text(json.dumps(boot_info()))
     with open(run_dir / "payload.pkl", "wb") as fh:
         pickle.dump((fn, args), fh)
-    procs = _start(run_dir, nproc, env)
+    procs: list[subprocess.Popen] = []
     seen: dict[int, float] = {}  # rank -> when we saw it end badly
     killed: set[int] = set()
     hung: list[int] = []
     start = time.monotonic()
     failed_at = signalled_at = None
     with _Signals(procs) as sigs:
+        procs += _start(run_dir, nproc, env)
+        sigs.pass_on()  # a signal while the ranks started: the late ones get it too
         while True:
             codes = [p.poll() for p in procs]
             if all(c is not None for c in codes):
