@@ -18,29 +18,14 @@ import pytest
 
 from seqpar.launch import cpu_threads, spawn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from launch_ranks import _failing_rank, _sleeping_rank  # noqa: E402
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 
 
 # ------------------------------------------------------------------ rank functions
-
-def _stoppable_rank(out: str, save_s: float) -> int:
-    """Install SIGTERM/SIGINT handlers, say ready, wait for a signal, 'save' for
-    ``save_s`` seconds (later signals only recorded), then exit non-zero."""
-    out_dir, rank = Path(out), int(os.environ["RANK"])
-    got: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda s, f: got.append(s))
-    (out_dir / f"ready-{rank}").write_text(str(os.getpid()))
-    while not got:
-        time.sleep(0.02)
-    (out_dir / f"got-{rank}").write_text(signal.Signals(got[0]).name)
-    end = time.monotonic() + save_s
-    while time.monotonic() < end:
-        time.sleep(0.02)
-    (out_dir / f"saved-{rank}").write_text(str(len(got)))
-    return 3
-
 
 def _env_rank() -> int:
     """Exit 0 only if the environment is what torchrun would give, plus the thread rule."""
@@ -52,24 +37,12 @@ def _env_rank() -> int:
     return 0 if ok else 5
 
 
-def _failing_rank() -> None:
-    """Rank 1 fails first with a multi-line message; the others fail later."""
-    if os.environ["RANK"] == "1":
-        raise ValueError("bad value\non two lines")
-    time.sleep(1.0)
-    raise RuntimeError("peer gone")
-
-
-def _sleeping_rank() -> None:
-    time.sleep(120)
-
-
 # ------------------------------------------------------------------ signals
 
 _LAUNCHER = """
 import sys
 sys.path[:0] = [{tests!r}, {root!r}]
-from test_launcher import _stoppable_rank
+from launch_ranks import _stoppable_rank
 from seqpar.launch import spawn
 sys.exit(spawn(_stoppable_rank, {nproc}, {out!r}, {save_s}, prog="seqpar test",
                signal_grace_s={grace}).code)

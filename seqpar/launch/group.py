@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -73,11 +74,15 @@ def leaving_group_after() -> Iterator[None]:
     its group down while a peer's last message is still in flight aborts the
     process at exit ("terminate called without an active exception", seen in
     about 1 in 3 short runs with a checkpoint save). After a failure the barrier
-    is skipped, since the other ranks may never reach it.
+    is skipped, since the other ranks may never reach it, and the time of the
+    failure is noted on the exception (``seqpar_failed_at``): leaving makes the
+    peers fail too, and the launcher must name the rank that failed first.
     """
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
+        with suppress(Exception):  # when it failed, before leaving makes the peers fail too
+            exc.seqpar_failed_at = time.time()
         with suppress(Exception):
             dist.destroy_process_group()
         raise

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import child
 from .child import BOOT, boot_info, record_failure
 from .group import cpu_threads, free_port
 
@@ -142,8 +143,8 @@ def _start(run_dir: Path, nproc: int, env: dict[str, str] | None) -> list[subpro
                      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                      "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
                      "LOCAL_WORLD_SIZE": str(nproc), "OMP_NUM_THREADS": str(threads)}
-        procs.append(subprocess.Popen([sys.executable, "-c", BOOT, str(run_dir), str(rank)],
-                                      env=child_env, start_new_session=True))
+        cmd = [sys.executable, "-c", BOOT, child.__file__, str(run_dir), str(rank)]
+        procs.append(subprocess.Popen(cmd, env=child_env, start_new_session=True))
     return procs
 
 
