@@ -8,8 +8,12 @@ Launch modes, decided here and nowhere below:
   gloo processes on a CPU-only machine) on a free port;
 * ``--nproc 1``: train in this process, without torch.distributed.
 
-The configuration is validated (degrees, heads, length, batch) before any
-process group exists, so a bad one is an error message, not a hang.
+Spawned ranks go through the shared launcher (:mod:`seqpar.launch`): SIGTERM or
+SIGINT to this process reaches every rank, and a failure inside a rank is one
+``seqpar train: error: rank R: ...`` line naming its log file. Everything that
+can be checked (types, ranges, degrees, heads, length, batch, the resume target
+and its model shapes: :mod:`.preflight`) is checked before any process starts,
+so a bad configuration is one error line, not a hang or a traceback per rank.
 """
 
 from __future__ import annotations
