@@ -181,3 +181,34 @@ def test_init_from_env_falls_back_without_device_id(monkeypatch):
     assert calls == [("set_device", 1),
                      ("nccl", ["device_id", "rank", "timeout", "world_size"]),
                      ("nccl", ["rank", "timeout", "world_size"])]
+
+
+def test_sigterm_to_seqpar_train_stops_every_rank(tmp_path):
+    """End to end: SIGTERM to the `seqpar train` launcher (only) stops its ranks, the
+    launcher exits 128+15, and no rank process is left behind."""
+    import threading
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               CUDA_VISIBLE_DEVICES="", SEQPAR_LOG_DIR=str(tmp_path))
+    cmd = [sys.executable, "-m", "seqpar.cli", "train", "--nproc", "2", "--seq-len", "64",
+           "--batch-size", "2", "--steps", "100000", "--log-every", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    started = threading.Event()
+    lines: list[str] = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if "step 1/" in line:
+                started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert started.wait(180), "".join(lines)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=150)
+    err = proc.stderr.read()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps  # no rank (its argv names the run folder) survives
