@@ -195,35 +195,40 @@ def spawn(fn: Callable[..., int | None], nproc: int, *args, prog: str | None = "
     start = time.monotonic()
     failed_at = signalled_at = None
     with _Signals(procs) as sigs:
-        procs += _start(run_dir, nproc, env)
-        sigs.pass_on()  # a signal while the ranks started: the late ones get it too
-        while True:
-            codes = [p.poll() for p in procs]
-            if all(c is not None for c in codes):
-                break
-            now = time.monotonic()
-            for rank, c in enumerate(codes):
-                if c not in (None, 0):
-                    seen.setdefault(rank, time.time())
-            alive = [r for r, c in enumerate(codes) if c is None]
-            if sigs.received and signalled_at is None:
-                signalled_at = now
-                if prog:
-                    name = signal.Signals(sigs.received[0]).name
-                    print(f"{prog}: {name}: passed to {nproc} ranks; waiting up to "
-                          f"{signal_grace_s:.0f} s for them to stop (again: kill now)",
-                          file=sys.stderr, flush=True)
-            if failed_at is None and seen and not sigs.received:
-                failed_at = now
-            late = ((failed_at is not None and now - failed_at > failure_grace_s)
-                    or (signalled_at is not None and now - signalled_at > signal_grace_s))
-            if deadline_s is not None and now - start > deadline_s:
-                hung, late = alive, True
-            if late or len(sigs.received) > 1:
-                killed.update(alive)
-                sigs.send(signal.SIGKILL)
-            time.sleep(0.05)
-        codes = [p.wait() for p in procs]
+        try:
+            procs += _start(run_dir, nproc, env)
+            sigs.pass_on()  # a signal while the ranks started: the late ones get it too
+            while True:
+                codes = [p.poll() for p in procs]
+                if all(c is not None for c in codes):
+                    break
+                now = time.monotonic()
+                for rank, c in enumerate(codes):
+                    if c not in (None, 0):
+                        seen.setdefault(rank, time.time())
+                alive = [r for r, c in enumerate(codes) if c is None]
+                if sigs.received and signalled_at is None:
+                    signalled_at = now
+                    if prog:
+                        name = signal.Signals(sigs.received[0]).name
+                        print(f"{prog}: {name}: passed to {nproc} ranks; waiting up to "
+                              f"{signal_grace_s:.0f} s for them to stop (again: kill now)",
+                              file=sys.stderr, flush=True)
+                if failed_at is None and seen and not sigs.received:
+                    failed_at = now
+                late = ((failed_at is not None and now - failed_at > failure_grace_s)
+                        or (signalled_at is not None and now - signalled_at > signal_grace_s))
+                if deadline_s is not None and now - start > deadline_s:
+                    hung, late = alive, True
+                if late or len(sigs.received) > 1:
+                    killed.update(alive)
+                    sigs.send(signal.SIGKILL)
+                time.sleep(0.05)
+        finally:  # whatever ended the loop (even an error here), no rank outlives it
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            codes = [p.wait() for p in procs]
     received = sigs.received[0] if sigs.received else None
     failures = _failures(run_dir, codes, seen, killed)
     if received is not None:
