@@ -18,6 +18,13 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``seqpar`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        from . import __version__
+
+        print(f"seqpar {__version__}")
+        return 0
     return route("seqpar", "command", COMMANDS, argv)
 
 

@@ -209,5 +209,4 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
-    run(_demo, args.nproc, args)
-    return 0
+    return run(_demo, args.nproc, args, prog="seqpar demo")

@@ -13,7 +13,8 @@ def route(prog: str, what: str, table: dict[str, tuple[str, str]],
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = "\n".join([f"usage: {prog} <{what}> [options]", "", f"{what}s:"]
                       + [f"  {name:<10} {help_}" for name, (_, help_) in table.items()]
-                      + ["", f"`{prog} <{what}> --help` for its options."])
+                      + ["", f"`{prog} <{what}> --help` for its options."]
+                      + (["`seqpar --version` prints the version."] if prog == "seqpar" else []))
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0

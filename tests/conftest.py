@@ -23,3 +23,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _launcher_logs(tmp_path_factory):
+    """Rank logs of runs that fail on purpose go to pytest's temp folder, not /tmp."""
+    old = os.environ.get("SEQPAR_LOG_DIR")
+    os.environ["SEQPAR_LOG_DIR"] = str(tmp_path_factory.mktemp("launcher-logs"))
+    yield
+    if old is None:
+        os.environ.pop("SEQPAR_LOG_DIR", None)
+    else:
+        os.environ["SEQPAR_LOG_DIR"] = old

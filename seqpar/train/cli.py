@@ -8,8 +8,12 @@ Launch modes, decided here and nowhere below:
   gloo processes on a CPU-only machine) on a free port;
 * ``--nproc 1``: train in this process, without torch.distributed.
 
-The configuration is validated (degrees, heads, length, batch) before any
-process group exists, so a bad one is an error message, not a hang.
+Spawned ranks go through the shared launcher (:mod:`seqpar.launch`): SIGTERM or
+SIGINT to this process reaches every rank, and a failure inside a rank is one
+``seqpar train: error: rank R: ...`` line naming its log file. Everything that
+can be checked (types, ranges, degrees, heads, length, batch, the resume target
+and its model shapes: :mod:`.preflight`) is checked before any process starts,
+so a bad configuration is one error line, not a hang or a traceback per rank.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from dataclasses import fields
 from pathlib import Path
 
-from ..launch import free_port, leaving_group_after, under_launcher
+from ..launch import in_group, run_here, spawn, under_launcher
 from .config import DTYPES, TrainConfig
+from .preflight import preflight
 
 _HELP = {
     "model": "model size: tiny, 125m, 1b, 8b, bert-tiny, bert-base, bert-large",
@@ -80,8 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_toml(path: str | Path) -> dict:
-    """Keys of a TOML file (flat, or under ``[train]``), with ``-`` read as ``_``."""
+def _read_toml(path: str | Path) -> dict:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -91,13 +94,35 @@ def load_toml(path: str | Path) -> dict:
             raise ValueError(f"reading {path} needs Python >= 3.11 or `pip install tomli`") \
                 from None
     with open(path, "rb") as fh:
-        data = tomllib.load(fh)
-    if isinstance(data.get("train"), dict):
-        data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
-    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+        return tomllib.load(fh)
+
+
+def load_toml(path: str | Path) -> dict:
+    """Keys of a TOML file (flat, or under ``[train]``), with ``-`` read as ``_``.
+
+    A key given twice (flat and under ``[train]``, or as ``seq-len`` and
+    ``seq_len``) is an error, as is a value of the wrong type, naming the key.
+    """
+    data = _read_toml(path)
+    entries = []  # (option name, as written, value)
+    for key, value in data.items():
+        if key == "train" and isinstance(value, dict):
+            entries += [(str(k).replace("-", "_"), f"[train] {k}", v) for k, v in value.items()]
+        else:
+            entries.append((str(key).replace("-", "_"), str(key), value))
+    out: dict = {}
+    written: dict[str, str] = {}
+    twice = []
+    for name, as_written, value in entries:
+        if name in out:
+            twice.append(f"{name} ({written[name]!r} and {as_written!r})")
+        out[name], written[name] = value, as_written
+    if twice:
+        raise ValueError(f"{path}: keys given twice: {', '.join(twice)}; keep one of each")
     unknown = sorted(set(out) - set(TrainConfig.keys()))
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; valid keys: {TrainConfig.keys()}")
+    TrainConfig.check_types(out, str(path))
     return out
 
 
@@ -111,64 +136,31 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _check(cfg: TrainConfig, world: int) -> None:
-    """Everything checkable before process groups exist; ValueError listing every degree."""
-    from ..data import make_dataset
-    from ..models import model_config
-
-    mcfg = model_config(cfg.model)
-    make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
-    cfg.parallel_dims().validate(world, model=mcfg, seq_len=cfg.seq_len,
-                                 batch_size=cfg.batch_size)
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 1:
-        raise ValueError(f"steps, batch_size and seq_len must be >= 1, got {cfg.steps}, "
-                         f"{cfg.batch_size}, {cfg.seq_len}")
-    from .resume import resolve_resume
-
-    resolve_resume(cfg.resume, cfg.checkpoint_dir)  # an unreadable checkpoint: error here
-
-
-def _run_rank(rank: int, world: int, local_rank: int, cfg_dict: dict) -> None:
-    """One process of a run: join the group, train, leave."""
-    import torch
+def _train_rank(device, cfg_dict: dict) -> None:
+    """One rank of a run, inside its group (see :func:`seqpar.launch.in_group`)."""
     import torch.distributed as dist
 
-    from ..comm import DEFAULT_TIMEOUT
     from .loop import train
 
-    cuda = torch.cuda.is_available()
-    cfg = TrainConfig(**cfg_dict).resolve(world, cuda=cuda)
+    cfg = TrainConfig(**cfg_dict).resolve(dist.get_world_size(), cuda=device.type == "cuda")
+    train(cfg, device=device, quiet=dist.get_rank() != 0)
+
+
+def _world_size(cfg: TrainConfig, cuda: bool, gpus: int) -> int:
+    """Ranks to spawn: --nproc, else every GPU, else dp*sp*tp when sp is given, else 4."""
+    if cfg.nproc is not None:
+        return cfg.nproc
     if cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.nproc or world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
-                            timeout=DEFAULT_TIMEOUT,
-                            **({"device_id": device} if cuda else {}))
-    with leaving_group_after():
-        train(cfg, device=device, quiet=rank != 0)
-
-
-def _spawned(local_rank: int, world: int, port: int, cfg_dict: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
-                      LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
-    try:
-        _run_rank(local_rank, world, local_rank, cfg_dict)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    except SystemExit:  # train.preemption.Preempted: 143 (SIGTERM) / 130 (SIGINT)
-        raise
-    except BaseException:
-        print(f"[rank {local_rank}] failed:\n{traceback.format_exc()}", file=sys.stderr,
-              flush=True)
-        raise SystemExit(1) from None
+        return gpus
+    if cfg.sp is not None:
+        return (cfg.dp or 1) * cfg.sp * (cfg.tp or 1)
+    given = [cfg.dp, cfg.sp, cfg.tp]
+    return 4 if all(g is None for g in given) else max(4, (cfg.dp or 1) * (cfg.tp or 1))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``seqpar train``; returns the exit status."""
+    """Entry point of ``seqpar train``; returns the exit status (2: a bad configuration,
+    found before any process starts; 1: a rank failed; 128+N: stopped by signal N)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_config(argv)
@@ -179,50 +171,27 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = torch.cuda.is_available()
     if under_launcher():
-        world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        world = int(os.environ["WORLD_SIZE"])
     else:
-        given = [cfg.dp, cfg.sp, cfg.tp]
-        if cfg.nproc is not None:
-            world = cfg.nproc
-        elif cuda:
-            world = torch.cuda.device_count()
-        elif cfg.sp is not None:
-            world = (cfg.dp or 1) * cfg.sp * (cfg.tp or 1)
-        else:
-            world = 4 if all(g is None for g in given) else max(4, (cfg.dp or 1) * (cfg.tp or 1))
-        if cuda and world > torch.cuda.device_count():
-            print(f"seqpar train: error: --nproc {world} > {torch.cuda.device_count()} visible "
-                  f"GPUs", file=sys.stderr)
+        gpus = torch.cuda.device_count() if cuda else 0
+        world = _world_size(cfg, cuda, gpus)
+        if cuda and world > gpus:
+            print(f"seqpar train: error: --nproc {world} > {gpus} visible GPUs", file=sys.stderr)
             return 2
         cfg.nproc = world
     try:
+        if cfg.nproc is not None and cfg.nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {cfg.nproc}")
         resolved = cfg.resolve(world, cuda=cuda)
-        _check(resolved, world)
-    except ValueError as exc:
+        preflight(resolved, world)
+    except (ValueError, OSError) as exc:
         print(f"seqpar train: error: {exc}", file=sys.stderr)
         return 2
     if under_launcher():
-        _run_rank(rank, world, local_rank, cfg.to_dict())
-        return 0
+        return in_group(_train_rank, (cfg.to_dict(),))
     if world == 1:
         from .loop import train
 
         device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-        train(resolved, device=device)
-        return 0
-    import torch.multiprocessing as mp
-
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        mp.start_processes(_spawned, args=(world, free_port(), cfg.to_dict()), nprocs=world,
-                           start_method="spawn", join=True)
-    except mp.ProcessRaisedException as exc:
-        print(f"seqpar train: a rank failed:\n{exc}", file=sys.stderr)
-        return 1
-    except mp.ProcessExitedException as exc:
-        print(f"seqpar train: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+        return run_here(train, resolved, device, prog="seqpar train")
+    return spawn(in_group, world, _train_rank, (cfg.to_dict(),), prog="seqpar train").code

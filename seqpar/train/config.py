@@ -10,6 +10,14 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
+#: Accepted Python types per field annotation (the annotations are strings here).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
+    "int | None": (int, type(None)), "str | None": (str, type(None)),
+    "str | bool": (str, bool),
+}
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs. ``None`` degrees are filled in by :meth:`resolve`."""
@@ -47,6 +55,25 @@ class TrainConfig:
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def check_types(cls, values: dict, where: str) -> None:
+        """ValueError naming every key whose value has the wrong type (a TOML file can
+        hold ``steps = "ten"`` or ``steps = 2.5``; argparse already converted options).
+        An int is accepted for a float; a bool is never an int."""
+        wanted = {f.name: _TYPES.get(str(f.type)) for f in fields(cls)}
+        bad = []
+        for key, value in values.items():
+            kinds = wanted.get(key)
+            if kinds is None:
+                continue
+            ok = any(isinstance(value, k) for k in kinds) and not (
+                isinstance(value, bool) and bool not in kinds)
+            if not ok:
+                names = " or ".join(k.__name__ for k in kinds if k is not type(None))
+                bad.append(f"{key} = {value!r} is {type(value).__name__}, expected {names}")
+        if bad:
+            raise ValueError(f"{where}: wrong type: " + "; ".join(bad))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,96 @@
+"""Everything ``seqpar train`` can check before a process exists.
+
+A problem found inside the ranks costs a spawn, a group and (before the shared
+launcher) one traceback per rank; found here it is one ``seqpar train: error:``
+line within a second. Checked: option ranges, the data source, the parallel
+degrees, the ``--resume`` target (exists, has DCP metadata) and that the
+checkpoint's tensors have the configured model's shapes (read from the DCP
+metadata, against a model built on the meta device: no memory, no group).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig
+
+#: (field, lowest allowed, inclusive?) for the numeric options.
+_RANGES = [("steps", 1, True), ("batch_size", 1, True), ("seq_len", 1, True),
+           ("lr", 0, False), ("warmup", 0, True), ("min_lr_ratio", 0, True),
+           ("weight_decay", 0, True), ("grad_clip", 0, True), ("checkpoint_every", 0, True),
+           ("log_every", 1, True), ("keep_checkpoints", 1, True), ("nproc", 1, True),
+           ("dp", 1, True), ("sp", 1, True), ("tp", 1, True), ("ulysses", 1, True),
+           ("ring", 1, True)]
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """ValueError listing every option out of range (``--lr -1``, ``--steps 0``, ...)."""
+    bad = []
+    for name, low, inclusive in _RANGES:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if value < low or (value == low and not inclusive):
+            op = ">=" if inclusive else ">"
+            bad.append(f"--{name.replace('_', '-')} must be {op} {low}, got {value}")
+    if cfg.min_lr_ratio > 1:
+        bad.append(f"--min-lr-ratio must be <= 1, got {cfg.min_lr_ratio}")
+    if cfg.checkpoint_every and not cfg.checkpoint_dir:
+        bad.append(f"--checkpoint-every {cfg.checkpoint_every} needs --checkpoint-dir")
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
+def resume_target(cfg: TrainConfig) -> Path | None:
+    """The checkpoint ``--resume`` will load, or None for a fresh start (the rules of
+    :func:`seqpar.train.resume.resolve_resume`, which the ranks apply again)."""
+    from .resume import resolve_resume
+
+    return resolve_resume(cfg.resume, cfg.checkpoint_dir).path
+
+
+def check_checkpoint_model(path: Path, cfg: TrainConfig, vocab_size: int) -> None:
+    """ValueError if the checkpoint at ``path`` holds other shapes than ``--model``'s."""
+    import torch
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from ..models import build_model, model_config
+
+    try:
+        meta = FileSystemReader(str(path)).read_metadata()
+    except Exception as exc:  # noqa: BLE001 - any unreadable metadata is the same error
+        raise ValueError(f"checkpoint {path}: cannot read its metadata "
+                         f"({type(exc).__name__}: {exc})") from None
+    saved = {k[len("model."):]: tuple(v.size) for k, v in meta.state_dict_metadata.items()
+             if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
+    with torch.device("meta"):
+        model = build_model(model_config(cfg.model, vocab_size=vocab_size))
+    want = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    problems = [f"{n} is {saved[n]} there, {shape} here" for n, shape in want.items()
+                if n in saved and saved[n] != shape]
+    missing = sorted(set(want) - set(saved))
+    extra = sorted(set(saved) - set(want))
+    if missing:
+        problems.append(f"{len(missing)} parameters missing (e.g. {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} unknown tensors (e.g. {extra[0]})")
+    if problems:
+        raise ValueError(f"checkpoint {path} does not fit --model {cfg.model}: "
+                         + "; ".join(problems[:3]))
+
+
+def preflight(cfg: TrainConfig, world: int) -> Path | None:
+    """Check a resolved config for ``world`` ranks; returns the checkpoint to resume from."""
+    from ..data import make_dataset
+    from ..models import model_config
+
+    check_values(cfg)
+    mcfg = model_config(cfg.model)
+    dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
+    cfg.parallel_dims().validate(world, model=mcfg, seq_len=cfg.seq_len,
+                                 batch_size=cfg.batch_size)
+    target = resume_target(cfg)
+    if target is not None:
+        check_checkpoint_model(target, cfg, dataset.vocab_size)
+    return target
