@@ -61,7 +61,7 @@ def checkpoint(tmp_path_factory) -> Path:
     (["--nproc", "0"], "--nproc must be >= 1, got 0"),
     (["--checkpoint-every", "5"], "--checkpoint-every 5 needs --checkpoint-dir"),
     (["--resume"], "--resume needs --checkpoint-dir"),
-    (["--resume", "/no/such/checkpoint"], "--resume /no/such/checkpoint: no such file"),
+    (["--resume", "/no/such/checkpoint"], "--resume /no/such/checkpoint: no such checkpoint"),
 ])
 def test_bad_options_are_one_line_before_spawning(argv, needle, capsys):
     assert main([*argv, "--nproc", "2"] if "--nproc" not in argv else argv) == 2

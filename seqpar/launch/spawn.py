@@ -163,7 +163,12 @@ def run_here(fn: Callable[..., int | None], *args, prog: str = "seqpar") -> int:
         return int(fn(*args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - reported as one line, traceback in the log
+    except SystemExit as exc:  # e.g. train.preemption.Preempted: 143 (SIGTERM) / 130 (SIGINT)
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        raise
+    except BaseException as exc:  # noqa: BLE001 - one line, traceback in the log (DCP's
+        # CheckpointException is a BaseException)
         run_dir = _run_dir(prog)
         record_failure(run_dir, 0, exc)
         failures = _failures(run_dir, [1], {}, set())

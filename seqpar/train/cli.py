@@ -193,5 +193,5 @@ def main(argv: list[str] | None = None) -> int:
         from .loop import train
 
         device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-        return run_here(train, resolved, device, prog="seqpar train")
+        return run_here(lambda: train(resolved, device=device) and 0, prog="seqpar train")
     return spawn(in_group, world, _train_rank, (cfg.to_dict(),), prog="seqpar train").code
