@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from seqpar import IGNORE_INDEX
 from seqpar.memory.chunked_loss import chunked_sp_exact_loss, linear_cross_entropy
+from seqpar.memory.measure import LivePeak
 from seqpar.train.loss import sp_exact_loss
 
 N, D, V = 37, 16, 50
@@ -154,15 +155,14 @@ def test_distributed_equals_one_process(spawn, world):
 
 
 def test_peak_memory_far_below_logits():
-    """Measured live-tensor peak (torch's MemTracker, a dispatch-mode allocator view
-    that works on CPU) of forward + backward at V=128,256 and 8K local tokens.
+    """Measured live-tensor peak (:class:`LivePeak`, a dispatch-mode view of every
+    storage created and freed, on CPU too) of forward + backward at V=128,256 and 8K local tokens.
 
     The unchunked loss must hold at least the fp32 logits ``N x V x 4 B`` (4.2 GB here;
     too much for a shared CI machine), so it is measured at 512 tokens, where it is
     checked to be >= that bound; the chunked peak at 8K tokens is asserted to be
     under a tenth of the bound at 8K, and >= one chunk's logits (the tracker sees it).
     """
-    mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker")
     vocab, d, chunk = 128_256, 32, 256
 
     def peak(fn, n):
@@ -170,10 +170,9 @@ def test_peak_memory_far_below_logits():
         h = torch.randn(n, d, generator=g).requires_grad_()
         w = (0.02 * torch.randn(vocab, d, generator=g)).requires_grad_()
         labels = torch.randint(0, vocab, (n,), generator=g)
-        tracker = mem_tracker.MemTracker()
-        with tracker:
+        with LivePeak() as tracker:
             fn(h, w, labels).backward_loss.backward()
-        return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+        return tracker.peak
 
     small = 512
     unchunked = peak(lambda h, w, lab: sp_exact_loss(h @ w.t(), lab), small)
