@@ -93,6 +93,7 @@ class Estimate:
     cost: float
     fits: bool
     parts: dict[str, float]
+    phase: str = "backward"  # where the peak falls: loss, backward or optimizer
 
 
 def _sizes(cfg: ModelConfig) -> dict[str, int]:
@@ -133,11 +134,11 @@ def estimate(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig, *,
     per_mode = {"full": b * d, "offload": 0.0, "selective": stored_att + 0.0,
                 "none": a_attn + a_mlp}
     modes = ["offload"] * mc.offload_layers + [mc.ac_mode] * (nl - mc.offload_layers)
-    stored = n * sum(per_mode[m] for m in modes)
+    stored = [n * per_mode[m] for m in modes]
     if mc.mlp_chunk:
         mlp_t = 4 * b * d * n + 7 * b * f * min(mc.mlp_chunk, n)
     else:
-        mlp_t = (3 * b * f + 4 * b * d) * n
+        mlp_t = (2 * b * f + 4 * b * d) * n
     attn_t = (4 * d + 24 * kv + 4 * b * kv + b * (d + 2 * kv)) * n
     work = 0.0
     for m in set(modes):
@@ -148,23 +149,36 @@ def estimate(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig, *,
         loss = (2 * b + 4) * V * c + (4 + b) * V * d + b * d * n
     else:
         loss = (b + 4 + 4) * V * n
-    root = ((8 + b) * d + 8 * s["hd"] + 2 * b * d) * n
-    states = 16 * s["P"] / gpus
+    root_block = (8 * s["hd"] + 2 * b * d) * n  # RoPE tables, residual gradients
+    root_loss = ((8 + b) * d + 8 * s["hd"]) * n  # + the final norm's saved tensors
+    on_gpu = 0.0 if mc.offload_optimizer else 1.0
     fsdp = not (gpus == 1 and b == 4)
     units = (2 * b * s["P_blk"] + (b + 4) * s["P_blk"] + b * s["P_root"]) if fsdp else 0.0
-    states_gpu = 0.0 if mc.offload_optimizer else states
-    peak = states_gpu + units + stored + root + max(loss, work)
+    kept = on_gpu * 12 * s["P"] / gpus  # fp32 params + AdamW states through fwd/bwd
+    grad_blk = on_gpu * 4 * s["P_blk"] / gpus
+    # backward of layer i: layers > i have sharded gradients, layers <= i their storage
+    acc = bwd = 0.0
+    for i, s_i in enumerate(stored):
+        acc += s_i
+        bwd = max(bwd, acc + (nl - 1 - i) * grad_blk)
+    phases = {"loss": kept + units + sum(stored) + root_loss + loss,
+              "backward": kept + units + bwd + root_block + work,
+              "optimizer": on_gpu * 20 * s["P"] / gpus}
+    phase = max(phases, key=phases.get)
+    peak = phases[phase]
     reserved = OVERHEAD * peak + CONTEXT_GIB * GiB
+    states = 16 * s["P"] / gpus
     host_rank = PROCESS_HOST_GIB * GiB + (states if mc.offload_optimizer else 0.0) + \
         n * b * d * mc.offload_layers
     host = gpus * host_rank
     cost = sum(LAYER_COST[m] for m in modes) / nl + MLP_TILE_COST * bool(mc.mlp_chunk) + \
         LOSS_CHUNK_COST * bool(mc.loss_chunk) + OPT_OFFLOAD_COST * mc.offload_optimizer
     fits = reserved <= gpu_memory_gib * GiB and host <= HOST_USABLE * host_memory_gib * GiB
-    parts = dict(states=states_gpu, units=units, stored_activations=stored, root=root,
-                 loss=loss, block_working_set=work)
+    parts = dict(params_and_adam=kept, units=units, stored_activations=sum(stored),
+                 loss=loss, block_working_set=work + root_block,
+                 **{f"phase_{k}": v for k, v in phases.items()})
     return Estimate(mc, peak, reserved, host, cost, fits,
-                    {k: v / GiB for k, v in parts.items()})
+                    {k: v / GiB for k, v in parts.items()}, phase)
 
 
 def configurations(n_layers: int):
@@ -180,14 +194,16 @@ def configurations(n_layers: int):
 
 def best(cfg: ModelConfig, seq_len: int, gpus: int, gpu_memory_gib: float,
          host_memory_gib: float, compute_bytes: int = 2) -> Estimate:
-    """The fastest fitting configuration; if none fits, the one with the lowest GPU peak."""
+    """The fastest fitting configuration; if none fits, the one that needs the least
+    scale-up of GPU or host memory (``max(reserved / G, host / (0.9 H))``)."""
     ests = [estimate(cfg, seq_len, gpus, mc, gpu_memory_gib=gpu_memory_gib,
                      host_memory_gib=host_memory_gib, compute_bytes=compute_bytes)
             for mc in configurations(cfg.n_layers)]
     fitting = [e for e in ests if e.fits]
     if fitting:
         return min(fitting, key=lambda e: (e.cost, e.reserved_gpu))
-    return min(ests, key=lambda e: (e.reserved_gpu > gpu_memory_gib * GiB, e.reserved_gpu,
+    return min(ests, key=lambda e: (max(e.reserved_gpu / (gpu_memory_gib * GiB),
+                                        e.peak_host / (HOST_USABLE * host_memory_gib * GiB)),
                                     e.cost))
 
 
