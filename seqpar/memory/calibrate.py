@@ -5,9 +5,11 @@ builds the model with ``--layers`` blocks in bf16 on one CUDA device (no FSDP,
 local SDPA attention), runs forward + backward of each option combination, and
 prints, per combination, the measured ``max_memory_allocated`` above the
 parameters and gradients against the planner's activation terms
-(``stored + root + max(loss, block working set)``), plus the gradient difference
-from the plain run (offload's side-stream copies must not change results).
-JSON lines go to ``--out``.
+(the loss and backward phases less parameters, AdamW states and FSDP units),
+plus the gradient difference from the plain run (offload's side-stream copies
+must not change results).
+A JSON list goes to ``--out``. ``--device cpu`` runs the same (live-tensor peak
+from :class:`~seqpar.memory.measure.LivePeak`; the test smoke-runs it that way).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..models import build_model, model_config
 from ..train.loss import sp_exact_loss
 from .checkpointing import apply_activation_checkpointing
 from .chunked_loss import chunked_sp_exact_loss
+from .measure import LivePeak
 from .planner import GiB, MemoryConfig, estimate
 from .tiled_mlp import apply_tiled_mlp
 
@@ -53,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab-size", type=int, default=128256)
     ap.add_argument("--lens", default="16384,32768")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu (live-tensor peak)")
     args = ap.parse_args(argv)
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
     cfg = model_config(args.model, vocab_size=args.vocab_size, n_layers=args.layers)
     rows = []
     for length in (int(x) for x in args.lens.split(",")):
@@ -72,13 +77,19 @@ def main(argv: list[str] | None = None) -> int:
             apply_tiled_mlp(model, mlp)
             off = apply_activation_checkpointing(model, mode if k == 0 else "offload",
                                                  offload_layers=k)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            try:
-                loss = _step(model, tokens, labels, pos, loss_chunk)
+            if cuda:
                 torch.cuda.synchronize()
-                peak = (torch.cuda.max_memory_allocated() - base) / GiB
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            try:
+                if cuda:
+                    loss = _step(model, tokens, labels, pos, loss_chunk)
+                    torch.cuda.synchronize()
+                    peak = (torch.cuda.max_memory_allocated() - base) / GiB
+                else:
+                    with LivePeak() as tracker:
+                        loss = _step(model, tokens, labels, pos, loss_chunk)
+                    peak = tracker.peak / GiB
                 err = None
             except torch.cuda.OutOfMemoryError as e:
                 loss, peak, err = float("nan"), float("nan"), str(e)[:120]
@@ -90,19 +101,21 @@ def main(argv: list[str] | None = None) -> int:
                 diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
                            for a, b in zip(grads, ref_grads, strict=True))
             mc = MemoryConfig(loss_chunk, mlp, mode, cfg.n_layers if k is None else k)
-            est = estimate(cfg, length, 1, mc)
+            est = estimate(cfg, length, 1, mc)  # bf16 compute, as the model here
             parts = est.parts
-            predicted = parts["stored_activations"] + parts["root"] + max(
-                parts["loss"], parts["block_working_set"])
+            # activations only: the phases less parameters, AdamW and FSDP units
+            predicted = max(parts["phase_loss"], parts["phase_backward"]) - \
+                parts["params_and_adam"] - parts["units"]
             row = dict(L=length, mode=mode, offload_layers=k, mlp_chunk=mlp,
-                       loss_chunk=loss_chunk, measured_gib=round(peak, 3),
-                       predicted_gib=round(predicted, 3), parts=parts, loss=loss,
+                       loss_chunk=loss_chunk, measured_gib=round(peak, 6),
+                       predicted_gib=round(predicted, 6), parts=parts, loss=loss,
                        grad_rel_diff_vs_full=diff, error=err,
                        offload=None if off is None else vars(off.stats))
             rows.append(row)
             print(json.dumps(row), flush=True)
             del model, grads
-            torch.cuda.empty_cache()
+            if cuda:
+                torch.cuda.empty_cache()
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=1)
