@@ -143,3 +143,42 @@ def _ring(rank, world):
 
 def test_ring_attention_two_ranks(spawn):
     spawn(_ring, 2)
+
+
+def test_modes_with_tiled_mlp_and_chunked_loss():
+    """All options together (float64): selective / offload+full checkpointing, tiled
+    MLP and the chunked loss give the plain model's loss and gradients."""
+    import torch.nn.functional as F
+
+    from seqpar.memory.chunked_loss import chunked_sp_exact_loss
+    from seqpar.memory.tiled_mlp import apply_tiled_mlp
+
+    torch.manual_seed(0)
+    base = build_model("tiny", n_layers=3).double()
+    tokens, pos = torch.randint(0, 264, (2, 24)), torch.arange(24)
+    labels = torch.randint(0, 264, (2, 24))
+
+    def run(model, chunk):
+        h = model.tok_embeddings(tokens)
+        rope = model.rope(pos)
+        for block in model.layers:
+            h = block(h, rope)
+        h = model.norm(h)
+        if chunk:
+            loss = chunked_sp_exact_loss(h, model.output.weight, labels, None, chunk
+                                         ).backward_loss
+        else:  # float64 dense reference (sp_exact_loss computes in fp32)
+            loss = F.cross_entropy(model.output(h).flatten(0, 1), labels.flatten())
+        loss.backward()
+        return loss.item(), [p.grad for p in model.parameters()]
+
+    ref_loss, ref_grads = run(copy.deepcopy(base), 0)
+    for mode, k in [("selective", None), ("full", 2), ("offload", None)]:
+        model = copy.deepcopy(base)
+        apply_tiled_mlp(model, 5)
+        apply_activation_checkpointing(model, mode, offload_layers=k,
+                                       offload=ActivationOffload(min_bytes=0))
+        loss, grads = run(model, 7)
+        assert abs(loss - ref_loss) <= 1e-10 * abs(ref_loss), mode
+        for g, want in zip(grads, ref_grads, strict=True):
+            assert (g - want).abs().max() <= 1e-10 * want.abs().max(), mode
