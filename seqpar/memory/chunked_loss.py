@@ -92,12 +92,16 @@ class LinearCrossEntropy(torch.autograd.Function):
             if bias is not None and bias.requires_grad else None
         total = torch.zeros((), dtype=torch.float64, device=hidden.device)
         correct = torch.zeros((), dtype=torch.float64, device=hidden.device)
-        for s in range(0, n, chunk):
+        starts = range(0, n, chunk)
+        # which chunks hold a label: one host sync for all of them, not one per chunk
+        labelled = torch.stack([(labels[s:s + chunk] != ignore_index).any()
+                                for s in starts]).tolist() if n else []
+        for s, any_label in zip(starts, labelled, strict=True):
             e = min(n, s + chunk)
             h = hidden[s:e].to(cdt)  # (c, d)
             tgt = labels[s:e]  # (c,)
             mask = tgt != ignore_index
-            if not bool(mask.any()):  # nothing labelled: no loss, zero gradient rows
+            if not any_label:  # nothing labelled: no loss, zero gradient rows
                 if dh is not None:
                     dh[s:e].zero_()
                 continue
