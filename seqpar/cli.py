@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": ("seqpar.demo", "every strategy on a random problem, checked against dense"),
     "train": ("seqpar.train.cli", "train a long-context transformer with sequence parallelism"),
     "bench": ("seqpar.bench.cli", "benchmarks: `seqpar bench attention`"),
+    "plan": ("seqpar.memory.plan_cli", "memory planner: peak memory, fastest fit, longest fit"),
 }
 
 

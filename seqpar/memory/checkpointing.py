@@ -1,0 +1,155 @@
+"""Activation checkpointing modes per block: ``none | full | selective | offload``.
+
+Per block and local token, what stays alive from forward to backward (8B, bf16:
+``d`` = 4096, ``kv`` = 1024 = n_kv_heads x head_dim):
+
+* ``none``: every intermediate (~ 34 d + 4 ffn values at 8B, see the planner);
+* ``full``: the block input ``d`` (non-reentrant ``torch.utils.checkpoint``);
+  backward recomputes the whole block, attention included;
+* ``selective``: the block input plus what the attention saves for its own
+  backward (``q d + k kv + v kv + out d``, fp32 lse per head); backward recomputes
+  the norms, projections and MLP but **not** the attention, the one part whose
+  cost grows with ``L^2``;
+* ``offload``: as ``full``, with the block input in host memory
+  (:class:`~seqpar.memory.offload.ActivationOffload`); no GPU bytes per token.
+
+``selective`` is op-selection in the style of torch's
+``create_selective_checkpoint_contexts`` / torchtitan's selective AC, at the level
+of seqpar's attention callable (an autograd Function, not one aten op): the block
+is checkpointed with a ``context_fn`` whose forward context lets the attention
+run under identity saved-tensor hooks (its q, k, v, out, lse are stored, not
+recomputed) and records its output, and whose recompute context hands that
+output back instead of running the attention again. Nothing of the model is
+duplicated: the wrapper sits on ``block.attention.attn_fn`` (attribute access,
+e.g. ``cu_seqlens``, passes through to the wrapped callable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .offload import ActivationOffload
+
+MODES = ("none", "full", "selective", "offload")
+
+_state = threading.local()  # .holder: the _Kept of the checkpoint running now, if any
+
+
+class _Kept:
+    """Attention outputs of one checkpointed block call, in call order."""
+
+    def __init__(self):
+        self.outputs: deque[tuple[torch.Tensor, bool]] = deque()
+        self.recomputing = False
+
+
+@contextlib.contextmanager
+def _holding(kept: _Kept, recomputing: bool):
+    previous = getattr(_state, "holder", None)
+    _state.holder, kept.recomputing = kept, recomputing
+    try:
+        yield
+    finally:
+        _state.holder = previous
+
+
+def _selective_contexts():
+    """``context_fn`` for ``checkpoint``: one fresh holder shared by both contexts."""
+    kept = _Kept()
+    return _holding(kept, False), _holding(kept, True)
+
+
+class KeptAttention:
+    """Wraps an attention callable so that selective checkpointing keeps its result."""
+
+    def __init__(self, inner):
+        object.__setattr__(self, "inner", inner)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.inner, name, value)
+
+    def __call__(self, q, k, v, causal):
+        kept = getattr(_state, "holder", None)
+        if kept is None:  # not inside a selective checkpoint: plain call
+            return self.inner(q, k, v, causal)
+        if kept.recomputing:
+            if not kept.outputs:
+                raise RuntimeError("selective checkpoint: the recompute called attention more "
+                                   "often than the forward did")
+            # the same value, needing a gradient as in forward: the ops after it then
+            # save what they saved in forward (the checkpoint checks the count)
+            out, needs_grad = kept.outputs.popleft()
+            return out.detach().requires_grad_(needs_grad)
+        # store what the attention saves for its backward (not a checkpoint placeholder)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            out = self.inner(q, k, v, causal)
+        kept.outputs.append((out.detach(), out.requires_grad))
+        return out
+
+
+def _wrap(block: nn.Module, mode: str, offload: ActivationOffload | None) -> None:
+    inner = block.forward
+
+    if mode == "full":
+        def forward(*args, **kwargs):
+            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+    elif mode == "selective":
+        def forward(*args, **kwargs):
+            attn = block.attention
+            if not isinstance(attn.attn_fn, KeptAttention):  # attention injected after us
+                attn.attn_fn = KeptAttention(attn.attn_fn)
+            return checkpoint(inner, *args, use_reentrant=False,
+                              context_fn=_selective_contexts, **kwargs)
+    else:  # offload
+        def forward(*args, **kwargs):
+            with offload.hooks():
+                return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+    block.forward = forward
+    block._seqpar_ac = mode
+
+
+def layer_modes(n_layers: int, mode: str, offload_layers: int | None = None) -> list[str]:
+    """The mode of each layer: the first ``offload_layers`` offloaded, the rest ``mode``
+    (``mode="offload"`` with ``offload_layers=None``: every layer)."""
+    if mode not in MODES:
+        raise ValueError(f"activation checkpointing mode {mode!r}: choose one of {MODES}")
+    if offload_layers is None:
+        offload_layers = n_layers if mode == "offload" else 0
+    if not 0 <= offload_layers <= n_layers:
+        raise ValueError(f"offload_layers={offload_layers} must be in [0, {n_layers}] "
+                         f"(the model has {n_layers} layers)")
+    rest = "full" if mode == "offload" else mode
+    return ["offload"] * offload_layers + [rest] * (n_layers - offload_layers)
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str = "full", *,
+                                   offload_layers: int | None = None,
+                                   offload: ActivationOffload | None = None
+                                   ) -> ActivationOffload | None:
+    """Checkpoint every block of ``model.layers`` per :func:`layer_modes`, in place
+    (parameter names unchanged). Returns the :class:`ActivationOffload` used by
+    offloaded layers (its ``stats`` count what moved), or ``None`` when none is.
+
+    Apply before FSDP2's ``fully_shard`` (its hooks then wrap the checkpoint, as with
+    torch's own ``checkpoint_wrapper``).
+    """
+    modes = layer_modes(len(model.layers), mode, offload_layers)
+    if "offload" in modes and offload is None:
+        offload = ActivationOffload()
+    for i, (block, m) in enumerate(zip(model.layers, modes, strict=True)):
+        if getattr(block, "_seqpar_ac", None) is not None:
+            raise ValueError(f"apply_activation_checkpointing: layer {i} is already "
+                             f"checkpointed ({block._seqpar_ac})")
+        if m != "none":
+            _wrap(block, m, offload)
+    return offload if "offload" in modes else None
