@@ -59,4 +59,4 @@ def test_readme_shows_pip_install_and_the_hf_extra():
     text = _read("README.md")
     assert "pip install ." in text and 'pip install ".[hf]"' in text
     with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as fh:
-        assert re.search(r'^hf = \[.*"transformers"', fh.read(), re.M)
+        assert re.search(r"^hf = \[.*\"transformers", fh.read(), re.M)

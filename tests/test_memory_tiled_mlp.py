@@ -66,7 +66,7 @@ def test_whole_model_with_checkpointing_and_autocast():
     apply_tiled_mlp(tiled, 7)
     for block in tiled.layers:
         inner = block.forward
-        block.forward = (lambda *a, _f=inner: checkpoint(_f, *a, use_reentrant=False))
+        block.forward = (lambda *a, _f=inner, **kw: checkpoint(_f, *a, use_reentrant=False, **kw))
     tokens = torch.randint(0, 264, (2, 30))
     pos = torch.arange(30)
     for model in (ref, tiled):
