@@ -77,10 +77,10 @@ class KeptAttention:
     def __setattr__(self, name, value):
         setattr(self.inner, name, value)
 
-    def __call__(self, q, k, v, causal):
+    def __call__(self, q, k, v, causal, **kwargs):
         kept = getattr(_state, "holder", None)
         if kept is None:  # not inside a selective checkpoint: plain call
-            return self.inner(q, k, v, causal)
+            return self.inner(q, k, v, causal, **kwargs)
         if kept.recomputing:
             if not kept.outputs:
                 raise RuntimeError("selective checkpoint: the recompute called attention more "
@@ -91,7 +91,7 @@ class KeptAttention:
             return out.detach().requires_grad_(needs_grad)
         # store what the attention saves for its backward (not a checkpoint placeholder)
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            out = self.inner(q, k, v, causal)
+            out = self.inner(q, k, v, causal, **kwargs)  # kwargs: per-batch documents
         kept.outputs.append((out.detach(), out.requires_grad))
         return out
 
