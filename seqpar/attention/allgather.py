@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..comm import all_gather_seq, group_rank_size
-from ..layout import Contiguous, Striped
+from ..layout import Contiguous
 from .blockwise import PlannedAttention
-from .plan import Block, make_plan, pair_plan
+from .plan import make_plan, slices_plan
 from .reorder import to_global_order
 
 
@@ -24,13 +24,9 @@ def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
     length = q.shape[2] * world
     # 2 x (B, Hkv, Ls, D) -> (2, B, Hkv, Ls, D) -> gathered along seq: (2, B, Hkv, L, D)
     kv = all_gather_seq(torch.stack([k, v]), 3, group)
-    token_striped = isinstance(layout, Striped) and layout.block == 1
-    if causal and documents is None and token_striped:
-        # closed-form strided pairs, kv left in rank order: one block per source rank
-        n = q.shape[2]
-        plan = [Block(b.q0, b.q1, b.k0 + src * n, b.k1 + src * n, b.causal)
-                for src in range(world)
-                for b in pair_plan(layout, rank, src, world, length, causal)]
+    if causal and documents is None and layout.closed_form(rank, rank, world, length) is not None:
+        # the layout's closed form, kv left in rank order: its blocks per source rank
+        plan = slices_plan(layout, [rank], list(range(world)), world, length, causal)
         return PlannedAttention.apply(q, kv[0], kv[1], plan, scale)
     if not isinstance(layout, Contiguous) and (causal or documents is not None):
         # rank order -> global order: each query run then needs one full block and one

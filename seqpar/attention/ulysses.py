@@ -18,6 +18,7 @@ from ..comm.collectives import start_heads_to_seq, start_seq_to_heads
 from ..layout import Contiguous
 from .blockwise import plan_backward, plan_forward
 from .plan import make_plan
+from .reorder import SeqOrder
 
 
 def replicate_kv_heads(k: torch.Tensor, v: torch.Tensor, world: int):
@@ -54,52 +55,50 @@ class UlyssesAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, group, chunks: int, seq_order, plan, scale: float):
-        # seq_order: (order, inverse) of Layout.rank_order, or None when already in order
-        seq_order, inverse = seq_order if seq_order is not None else (None, None)
+    def forward(ctx, q, k, v, group, chunks: int, order: SeqOrder | None, plan, scale: float):
+        # order: how the gathered sequence maps to global order, None when it is global
         pending = [start_seq_to_heads(parts, group)
                    for parts in zip(q.chunk(chunks, 1), k.chunk(chunks, 1), v.chunk(chunks, 1))]
         saved, outgoing = [], []
         for incoming in pending:
             qh, kh, vh = incoming.wait()  # (B, H_c/P, L, D), L in group-rank order
-            if inverse is not None:  # -> global order: causal is one diagonal block
-                qh, kh, vh = (t.index_select(2, inverse) for t in (qh, kh, vh))
+            if order is not None:  # -> global order: causal is one diagonal block
+                qh, kh, vh = (order.to_global(t, 2) for t in (qh, kh, vh))
             out_h, lse = plan_forward(qh, kh, vh, plan, scale)
             saved += [qh, kh, vh, out_h, lse]
-            back = out_h.index_select(2, seq_order) if seq_order is not None else out_h
+            back = order.to_rank(out_h, 2) if order is not None else out_h
             outgoing.append(start_heads_to_seq((back,), group))
         # chunks of (B, Hq/C, Ls, D) -> (B, Hq, Ls, D)
         out = torch.cat([o.wait()[0] for o in outgoing], dim=1)
         ctx.save_for_backward(*saved)
         ctx.group, ctx.chunks, ctx.plan, ctx.scale = group, chunks, plan, scale
-        ctx.seq_order, ctx.inverse = seq_order, inverse
+        ctx.order = order
         return out
 
     @staticmethod
     def backward(ctx, dout):
         saved = ctx.saved_tensors
-        seq_order, inverse = ctx.seq_order, ctx.inverse
+        order = ctx.order
         pending = [start_seq_to_heads((d,), ctx.group) for d in dout.chunk(ctx.chunks, 1)]
         outgoing = []
         for c, incoming in enumerate(pending):
             (dout_h,) = incoming.wait()  # (B, Hq_c/P, L, D)
-            if inverse is not None:
-                dout_h = dout_h.index_select(2, inverse)
+            if order is not None:
+                dout_h = order.to_global(dout_h, 2)
             qh, kh, vh, out_h, lse = saved[5 * c:5 * c + 5]
             grads = plan_backward(dout_h, qh, kh, vh, out_h, lse, ctx.plan, ctx.scale)
-            if seq_order is not None:
-                grads = tuple(g.index_select(2, seq_order) for g in grads)
+            if order is not None:
+                grads = tuple(order.to_rank(g, 2) for g in grads)
             outgoing.append(start_heads_to_seq(grads, ctx.group))
         parts = [o.wait() for o in outgoing]  # per chunk: (dq_c, dk_c, dv_c), seq-sharded
         dq, dk, dv = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
         return dq, dk, dv, None, None, None, None, None
 
 
-def heads_parallel(q, k, v, *, group, seq_order, causal: bool, scale: float,
-                   documents=None, chunks: int | None = None):
-    """Ulysses core over ``group``. ``seq_order``: ``Layout.rank_order`` of the
-    gathered sequence (the members' shards in group-rank order), or None when
-    that is already global order."""
+def ulysses_in_order(q, k, v, *, group, order: SeqOrder | None, causal: bool, scale: float,
+                     documents=None, chunks: int | None = None):
+    """Ulysses core over ``group``. ``order``: how the gathered sequence (the members'
+    shards in group-rank order) maps to global order, or None when it is global order."""
     _, world = group_rank_size(group)
     k, v = replicate_kv_heads(k, v, world)
     length = q.shape[2] * world
@@ -109,15 +108,15 @@ def heads_parallel(q, k, v, *, group, seq_order, causal: bool, scale: float,
     elif (q.shape[1] // world) % chunks or (k.shape[1] // world) % chunks:
         raise ValueError(f"chunks={chunks} must divide Hq/P={q.shape[1] // world} and "
                          f"Hkv/P={k.shape[1] // world}")
-    return UlyssesAttention.apply(q, k, v, group, chunks, seq_order, plan, scale)
+    return UlyssesAttention.apply(q, k, v, group, chunks, order, plan, scale)
 
 
 def ulysses_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):
     """This rank's output of Ulysses attention over ``group``."""
     _, world = group_rank_size(group)
     length = q.shape[2] * world
-    seq_order = None
+    order = None
     if (causal or documents is not None) and not isinstance(layout, Contiguous):
-        seq_order = layout.rank_order(world, length, q.device)
-    return heads_parallel(q, k, v, group=group, seq_order=seq_order, causal=causal,
-                          scale=scale, documents=documents)
+        order = SeqOrder(layout, world, length, q.device)
+    return ulysses_in_order(q, k, v, group=group, order=order, causal=causal, scale=scale,
+                            documents=documents)

@@ -8,6 +8,8 @@ that only shows across ranks (or a bad tensor on one rank) raises the same
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 import torch.distributed as dist
 
@@ -51,16 +53,27 @@ def _local_problems(q, k, v, strategy, layout) -> list[str]:
     return problems
 
 
+def layout_id(layout: Layout) -> int:
+    """A number naming a layout and its parameters, equal on every process: the
+    built-ins by index (readable in messages), any other by a CRC of its class
+    and fields, so a user-defined ``Layout`` subclass is checked like the rest."""
+    if type(layout).__module__ == Layout.__module__ and layout.name in LAYOUT_NAMES:
+        return LAYOUT_NAMES.index(layout.name)
+    text = f"{type(layout).__module__}.{type(layout).__qualname__}:{layout.name}:{layout!r}"
+    return 1000 + zlib.crc32(text.encode())
+
+
 def _signature(q, k, strategy, layout, causal) -> list[int]:
     """Fixed-length summary of this rank's call, comparable across ranks."""
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor)
             and q.dim() == 4 and k.dim() == 4):
         return [-1] * 10
     lay = (layout if isinstance(layout, Layout)
-           else get_layout(layout) if layout in LAYOUT_NAMES else None)
+           else get_layout(layout) if isinstance(layout, str) and layout in LAYOUT_NAMES
+           else None)
     return [*q.shape, *k.shape[1:2],
             STRATEGIES.index(strategy) if strategy in STRATEGIES else -1,
-            LAYOUT_NAMES.index(lay.name) if lay is not None else -1,
+            layout_id(lay) if lay is not None else -1,
             int(bool(causal)),
             _DTYPES.index(q.dtype) if q.dtype in _DTYPES else -1,
             getattr(lay, "block", 0) or 0]
