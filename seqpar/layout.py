@@ -160,16 +160,99 @@ class Striped(Layout):
         return (starts[:, None] + torch.arange(self.block, device=device)[None, :]).reshape(-1)
 
 
+def _documents(cu_seqlens: tuple[int, ...], length: int, world: int, granule: int,
+               name: str) -> list[tuple[int, int]]:
+    """``[(start, end)]`` of the non-empty documents, checked against ``length``."""
+    if not cu_seqlens or cu_seqlens[0] != 0 or cu_seqlens[-1] != length:
+        raise ValueError(f"layout={name!r}: cu_seqlens must run from 0 to L={length}, got "
+                         f"{list(cu_seqlens)[:8]}")
+    docs = [(s, e) for s, e in zip(cu_seqlens, cu_seqlens[1:]) if e > s]
+    bad = [(s, e) for s, e in docs if (e - s) % granule]
+    if bad:
+        raise ValueError(f"layout={name!r} with {world} ranks needs every document length to "
+                         f"be a multiple of {granule}, got lengths "
+                         f"{[e - s for s, e in bad][:8]} (pad each document)")
+    return docs
+
+
+@dataclass(frozen=True)
+class DocZigzag(Layout):
+    """Per-document zigzag (ring-flash-attention's varlen split, PyTorch's per-document
+    head-tail balancer): every packed document is cut into 2P chunks and rank r owns
+    chunks r and 2P-1-r *of each document*, so causal work is balanced per document,
+    however ragged the documents. ``cu_seqlens``: the batch's boundaries (a tuple);
+    every document length must be a multiple of 2P. Pass the same ``cu_seqlens`` to
+    ``seqpar.attention``."""
+
+    cu_seqlens: tuple[int, ...] = ()
+    name = "doc_zigzag"
+
+    def granule(self, world: int) -> int:
+        return 2 * world
+
+    def check_length(self, length: int, world: int) -> None:
+        super().check_length(length, world)
+        _documents(self.cu_seqlens, length, world, 2 * world, self.name)
+
+    def segments(self, rank, world, length):
+        self.check_length(length, world)
+        runs = []
+        for s, e in _documents(self.cu_seqlens, length, world, 2 * world, self.name):
+            c = (e - s) // (2 * world)
+            runs += [(s + rank * c, c), (s + (2 * world - 1 - rank) * c, c)]
+        return runs
+
+
+@dataclass(frozen=True)
+class DocStriped(Layout):
+    """Per-document striped: every packed document is dealt round-robin in blocks of
+    ``block`` tokens starting at rank 0, so each rank holds ~1/P of every document
+    (balanced causal work per document). Every document length must be a multiple
+    of P·block. Pass the same ``cu_seqlens`` to ``seqpar.attention``."""
+
+    cu_seqlens: tuple[int, ...] = ()
+    block: int = 1
+    name = "doc_striped"
+
+    def granule(self, world: int) -> int:
+        return world * self.block
+
+    def check_length(self, length: int, world: int) -> None:
+        super().check_length(length, world)
+        _documents(self.cu_seqlens, length, world, world * self.block, self.name)
+
+    def segments(self, rank, world, length):
+        self.check_length(length, world)
+        b = self.block
+        return [(t, b)
+                for s, e in _documents(self.cu_seqlens, length, world, world * b, self.name)
+                for t in range(s + rank * b, e, world * b)]
+
+
 _BY_NAME = {"contiguous": Contiguous, "zigzag": Zigzag, "striped": Striped}
 LAYOUT_NAMES = tuple(_BY_NAME)
 
 
 def get_layout(layout: str | Layout) -> Layout:
-    """A Layout from its name (``"contiguous"``, ``"zigzag"``, ``"striped"``) or itself."""
+    """A Layout from its name (``"contiguous"``, ``"zigzag"``, ``"striped"``), an import
+    path of a ``Layout`` subclass (``"package.module:ClassName"``, built with no
+    arguments), or itself."""
     if isinstance(layout, Layout):
         return layout
+    if isinstance(layout, str) and ":" in layout:
+        import importlib
+
+        module, _, attr = layout.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"layout {layout!r}: cannot import it ({exc})") from None
+        if not (isinstance(cls, type) and issubclass(cls, Layout)):
+            raise ValueError(f"layout {layout!r} is not a seqpar.Layout subclass")
+        return cls()
     if layout not in _BY_NAME:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUT_NAMES}")
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUT_NAMES} or "
+                         f"'module:LayoutClass'")
     return _BY_NAME[layout]()
 
 

@@ -11,7 +11,7 @@ heads; the all-to-all stays inside fast links while the ring can span slower one
 from __future__ import annotations
 
 from ..comm import group_rank_size, heads_to_seq, hybrid_groups, hybrid_slices, seq_to_heads
-from .plan import slices_plan
+from .plan import strategy_plans
 from .ring import planned_ring
 from .ulysses import replicate_kv_heads
 
@@ -19,16 +19,15 @@ from .ulysses import replicate_kv_heads
 def hybrid_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):
     """This rank's output of hybrid Ulysses x ring attention over the 2-D mesh ``group``."""
     ug, rg = hybrid_groups(group)
-    (_, size_u), (rank_r, size_r) = group_rank_size(ug), group_rank_size(rg)
+    (rank_u, size_u), (rank_r, size_r) = group_rank_size(ug), group_rank_size(rg)
     world = size_u * size_r
     length = q.shape[2] * world
     slices = hybrid_slices(group)  # [r][u]: what ring member r holds after the all-to-all
     k, v = replicate_kv_heads(k, v, size_u)
     # (B, H, Ls, D) -> (B, H/U, U*Ls, D): the shards of slices[r], in that order
     qh, kh, vh = seq_to_heads(q, k, v, group=ug)
-    plans = [slices_plan(layout, slices[rank_r], slices[(rank_r - s) % size_r], world, length,
-                         causal, documents)
-             for s in range(size_r)]
+    plans = strategy_plans("hybrid", layout, slices[rank_r][rank_u], world, length, causal,
+                           documents, slices=slices, ulysses=size_u)
     out = planned_ring(qh, kh, vh, group=rg, plans=plans, scale=scale)
     (out,) = heads_to_seq(out, group=ug)  # (B, Hq/U, U*Ls, D) -> (B, Hq, Ls, D)
     return out

@@ -14,7 +14,7 @@ from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..layout import Layout, Runs, merge_runs
+from ..layout import Contiguous, Layout, Runs, merge_runs
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,11 @@ def _document_pairs(a, n, qo, c, m, ko, causal, documents, starts) -> list[Score
     return blocks
 
 
+def _ascending(runs: Runs) -> bool:
+    """Runs in increasing global order (local order = global order)."""
+    return all(x[0] + x[1] <= y[0] for x, y in zip(runs, runs[1:]))
+
+
 def _causal_sorted(qs, ks) -> list[ScoreBlock]:
     """Causal blocks when the kv runs ascend in global position (local order = global
     order): the runs wholly before a query run are a local prefix, one full block;
@@ -113,7 +118,7 @@ def make_plan(q_segments: Runs, kv_segments: Runs, causal: bool,
         lq = sum(n for _, n, _ in qs)
         lk = sum(n for _, n, _ in ks)
         return [ScoreBlock(0, lq, 0, lk, False)] if lq and lk else []
-    if documents is None and all(x[0] + x[1] <= y[0] for x, y in zip(ks, ks[1:])):
+    if documents is None and _ascending([(c, m) for c, m, _ in ks]):
         return coalesce(_causal_sorted(qs, ks))
     starts = [s for s, _ in documents] if documents is not None else None
     plan = []
@@ -194,20 +199,61 @@ def slices_plan(layout: Layout, q_slices: list[int], kv_slices: list[int], world
     """Blocks for a buffer of queries holding the shards of ``q_slices`` (in that order,
     each ``length // world`` long) against a kv buffer holding ``kv_slices``.
 
-    With a closed form (causal, no documents) one ``pair_plan`` per slice pair, shifted
-    to where the slices lie; otherwise one plan from the concatenated runs (adjacent
-    slices merge into one run, so a contiguous hybrid ring step stays one block).
+    With a closed form (causal, no documents), or when the concatenated runs are not in
+    global order (then each slice pair is cheap to plan, its runs being sorted), one
+    ``pair_plan`` per slice pair, shifted to where the slices lie; otherwise one plan
+    from the concatenated runs (adjacent slices merge into one run, so a contiguous
+    hybrid ring step stays one block).
     """
     n = length // world
-    if causal and documents is None and layout.closed_form(q_slices[0], kv_slices[0], world,
-                                                           length) is not None:
-        return coalesce([ScoreBlock(b.q0 + i * n, b.q1 + i * n, b.k0 + j * n, b.k1 + j * n,
-                                    b.causal)
-                         for i, a in enumerate(q_slices) for j, c in enumerate(kv_slices)
-                         for b in pair_plan(layout, a, c, world, length, causal)])
-    return make_plan([seg for a in q_slices for seg in layout.segments(a, world, length)],
-                     [seg for c in kv_slices for seg in layout.segments(c, world, length)],
-                     causal, documents)
+    q_runs = merge_runs([seg for a in q_slices for seg in layout.segments(a, world, length)])
+    kv_runs = merge_runs([seg for c in kv_slices for seg in layout.segments(c, world, length)])
+    closed = causal and documents is None and layout.closed_form(
+        q_slices[0], kv_slices[0], world, length) is not None
+    if not closed and (not causal or documents is not None or _ascending(kv_runs)):
+        return make_plan(q_runs, kv_runs, causal, documents)
+    return coalesce([ScoreBlock(b.q0 + i * n, b.q1 + i * n, b.k0 + j * n, b.k1 + j * n,
+                                b.causal)
+                     for i, a in enumerate(q_slices) for j, c in enumerate(kv_slices)
+                     for b in pair_plan(layout, a, c, world, length, causal)])
+
+
+def allgather_reorders(layout: Layout, world: int, length: int, causal: bool,
+                       documents=None) -> bool:
+    """Whether allgather puts the gathered K/V into global order first: for non-contiguous
+    layouts under a mask, unless the layout's closed form plans the rank order directly
+    (then each query run needs one full and one diagonal block, not one per kv run)."""
+    if causal and documents is None and layout.closed_form(0, 0, world, length) is not None:
+        return False
+    return not isinstance(layout, Contiguous) and (causal or documents is not None)
+
+
+def strategy_plans(strategy: str, layout: Layout, rank: int, world: int, length: int,
+                   causal: bool, documents=None, slices: list[list[int]] | None = None,
+                   ulysses: int = 1) -> list[list[ScoreBlock]]:
+    """The plans ``rank`` executes under ``strategy``, built exactly as the strategy builds
+    them (the strategies call this): ring/rsa one per step, allgather and ulysses one,
+    hybrid one per ring step of the rank's ring member. ``slices[r][u]``: the hybrid
+    mesh's slices (default ``seqpar.hybrid_mesh`` order, ``r·U + u``)."""
+    if strategy in ("ring", "rsa"):
+        return [pair_plan(layout, rank, (rank - s) % world, world, length, causal, documents)
+                for s in range(world)]
+    if strategy == "ulysses":
+        return [make_plan([(0, length)], [(0, length)], causal, documents)]
+    if strategy == "allgather":
+        if allgather_reorders(layout, world, length, causal, documents):
+            return [make_plan(layout.segments(rank, world, length), [(0, length)], causal,
+                              documents)]
+        return [slices_plan(layout, [rank], list(range(world)), world, length, causal,
+                            documents)]
+    if strategy == "hybrid":
+        ring = world // ulysses
+        if slices is None:
+            slices = [[r * ulysses + u for u in range(ulysses)] for r in range(ring)]
+        me = next(r for r, row in enumerate(slices) if rank in row)
+        return [slices_plan(layout, slices[me], slices[(me - s) % ring], world, length, causal,
+                            documents) for s in range(ring)]
+    raise ValueError(f"unknown strategy {strategy!r}")
 
 
 def plan_work(plan: list[ScoreBlock]) -> int:

@@ -21,7 +21,7 @@ from .blockwise import (
     backward_blocks,
     forward_blocks,
 )
-from .plan import ScoreBlock, pair_plan
+from .plan import ScoreBlock, strategy_plans
 
 
 class RingAttention(torch.autograd.Function):
@@ -89,6 +89,5 @@ def ring_attention(q, k, v, *, group, layout, causal: bool, scale: float, docume
     """This rank's output of exact ring attention over ``group``."""
     rank, world = group_rank_size(group)
     length = q.shape[2] * world
-    plans = [pair_plan(layout, rank, (rank - s) % world, world, length, causal, documents)
-             for s in range(world)]
+    plans = strategy_plans("ring", layout, rank, world, length, causal, documents)
     return planned_ring(q, k, v, group=group, plans=plans, scale=scale)

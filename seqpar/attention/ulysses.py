@@ -17,7 +17,7 @@ from ..comm import group_rank_size
 from ..comm.collectives import start_heads_to_seq, start_seq_to_heads
 from ..layout import Contiguous
 from .blockwise import plan_backward, plan_forward
-from .plan import make_plan
+from .plan import strategy_plans
 from .reorder import SeqOrder
 
 
@@ -102,7 +102,7 @@ def ulysses_in_order(q, k, v, *, group, order: SeqOrder | None, causal: bool, sc
     _, world = group_rank_size(group)
     k, v = replicate_kv_heads(k, v, world)
     length = q.shape[2] * world
-    plan = make_plan([(0, length)], [(0, length)], causal, documents)
+    (plan,) = strategy_plans("ulysses", None, 0, world, length, causal, documents)
     if chunks is None:
         chunks = pipeline_chunks(q.shape[1], k.shape[1], world)
     elif (q.shape[1] // world) % chunks or (k.shape[1] // world) % chunks:

@@ -105,6 +105,11 @@ def _global_problems(q, k, strategy, layout, world, heads_world, cu_seqlens) -> 
     if (ls * world) % granule:
         problems.append(f"layout={lay.name!r} with P={world} needs the global length "
                         f"L={ls * world} (L_local={ls}) to be a multiple of {granule}")
+    else:
+        try:
+            lay.check_length(ls * world, world)  # a layout's own rule (e.g. per document)
+        except ValueError as exc:
+            problems.append(str(exc))
     if cu_seqlens is not None:
         try:
             documents_from_cu_seqlens(cu_seqlens, ls * world)

@@ -18,8 +18,9 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-class Pending:
-    """An exchange in flight; ``wait()`` returns its result."""
+class PendingExchange:
+    """Point-to-point messages in flight (an all-to-all started by ``start_seq_to_heads``
+    or ``start_heads_to_seq``); ``wait()`` finishes them and returns the result."""
 
     def __init__(self, works: list, result: tuple[torch.Tensor, ...], finish=None, keep=()):
         self._works, self._result, self._finish = works, result, finish
@@ -47,7 +48,8 @@ def _exchange(sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torc
     return dist.batch_isend_irecv(ops) if ops else []
 
 
-def start_seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
+def start_seq_to_heads(tensors: tuple[torch.Tensor, ...],
+                       group: dist.ProcessGroup) -> PendingExchange:
     """Start one exchange: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D) on wait.
 
     Head group j of each sequence goes to rank j as it lies in memory (contiguous:
@@ -76,10 +78,11 @@ def start_seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGro
             for j in range(world):
                 view[:, :, j].copy_(mine if j == rank else stage[:, j])
 
-    return Pending(works, tuple(r for r, _, _ in parts), finish)
+    return PendingExchange(works, tuple(r for r, _, _ in parts), finish)
 
 
-def start_heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
+def start_heads_to_seq(tensors: tuple[torch.Tensor, ...],
+                       group: dist.ProcessGroup) -> PendingExchange:
     """Inverse of :func:`start_seq_to_heads`: (B, H_i/P, P*Ls, D) -> (B, H_i, Ls, D).
 
     Sequence slot j of each input is packed once and sent to rank j; what arrives
@@ -103,7 +106,7 @@ def start_heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGro
             sends += [(j, send[i]) for i in range(b)]
             recvs += [(j, groups[i, j]) for i in range(b)]
         results.append(result)
-    return Pending(_exchange(sends, recvs, group), tuple(results), keep=tuple(keep))
+    return PendingExchange(_exchange(sends, recvs, group), tuple(results), keep=tuple(keep))
 
 
 def _seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
@@ -117,9 +120,10 @@ def _heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
 class SeqToHeads(torch.autograd.Function):
     """Sequence-sharded -> head-sharded (DeepSpeed-Ulysses).
 
-    Forward: one all-to-all of all inputs packed together,
-    ``(B, H_i, L/P, D) -> (B, H_i/P, L, D)`` for each input.
-    Backward: the inverse all-to-all of the packed gradients.
+    Forward: one exchange of point-to-point pieces for all inputs together
+    (:func:`start_seq_to_heads`: head group j of each sequence goes to rank j as it
+    lies), ``(B, H_i, L/P, D) -> (B, H_i/P, L, D)`` for each input.
+    Backward: the inverse exchange (:func:`start_heads_to_seq`) of the gradients.
     """
 
     @staticmethod
@@ -135,8 +139,9 @@ class SeqToHeads(torch.autograd.Function):
 class HeadsToSeq(torch.autograd.Function):
     """Head-sharded -> sequence-sharded (the way back after Ulysses attention).
 
-    Forward: one all-to-all, ``(B, H_i/P, L, D) -> (B, H_i, L/P, D)``.
-    Backward: the inverse all-to-all (sequence -> heads) of the gradients.
+    Forward: one exchange of point-to-point pieces (:func:`start_heads_to_seq`),
+    ``(B, H_i/P, L, D) -> (B, H_i, L/P, D)``.
+    Backward: the inverse exchange (sequence -> heads) of the gradients.
     """
 
     @staticmethod

@@ -115,8 +115,9 @@ class ParallelDims:
         one node): the mesh is built 4-D and the two are flattened into ``"sp"``,
         ring-major, so that sp rank ``r * U + u`` is the sequence slice the hybrid
         attention assigns to mesh coordinate ``(r, u)`` (slices follow the members'
-        global rank order, ``seqpar.comm.hybrid_slices``). Every group gets ``timeout``, so a rank that
-        stops answering is an error within that time, not a hang.
+        global rank order, ``seqpar.comm.hybrid_slices``). Every group gets
+        ``timeout``, so a rank that stops answering is an error within that time,
+        not a hang.
         """
         from torch.distributed.device_mesh import init_device_mesh
 
