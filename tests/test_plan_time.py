@@ -34,8 +34,9 @@ def test_planning_time_bounded_by_work(strategy, layout, causal):
     length = 1024
     small, large = _best(strategy, layout, length, causal), _best(strategy, layout, 4 * length,
                                                                    causal)
-    # work grows 16x from L to 4L; allow that plus 20 ms of timer noise
-    assert large <= 16 * small + 0.02, (small, large)
+    # work grows 16x from L to 4L; allow that plus 0.25 s of noise on a loaded machine
+    # (the bug this guards against grew ~32x per doubling of L: 1.6 s at L=64, 51 s at 128)
+    assert large <= 16 * small + 0.25, (small, large)
     assert large < 1.0, large  # before the fix: hybrid x striped took 51 s at L=128
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..comm import group_rank_size, heads_to_seq, hybrid_groups, hybrid_slices, seq_to_heads
 from .plan import strategy_plans
 from .ring import planned_ring
-from .ulysses import replicate_kv_heads
+from .ulysses import head_split, replicate_kv_heads
 
 
 def hybrid_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):
@@ -23,13 +23,17 @@ def hybrid_attention(q, k, v, *, group, layout, causal: bool, scale: float, docu
     world = size_u * size_r
     length = q.shape[2] * world
     slices = hybrid_slices(group)  # [r][u]: what ring member r holds after the all-to-all
-    k, v = replicate_kv_heads(k, v, size_u)
+    rep, q_split, kv_split = head_split(q.shape[1], k.shape[1], size_u)
+    k, v = replicate_kv_heads(k, v, rep)
+    even = q.shape[1] % size_u == 0 and k.shape[1] % size_u == 0
+    splits = None if even else (q_split, kv_split, kv_split)  # uneven heads: 7 on 2 = 4 + 3
     # (B, H, Ls, D) -> (B, H/U, U*Ls, D): the shards of slices[r], in that order
-    qh, kh, vh = seq_to_heads(q, k, v, group=ug)
+    qh, kh, vh = seq_to_heads(q, k, v, group=ug, splits=splits)
     plans = strategy_plans("hybrid", layout, slices[rank_r][rank_u], world, length, causal,
                            documents, slices=slices, ulysses=size_u)
     out = planned_ring(qh, kh, vh, group=rg, plans=plans, scale=scale)
-    (out,) = heads_to_seq(out, group=ug)  # (B, Hq/U, U*Ls, D) -> (B, Hq, Ls, D)
+    # (B, Hq/U, U*Ls, D) -> (B, Hq, Ls, D)
+    (out,) = heads_to_seq(out, group=ug, splits=splits and splits[:1])
     return out
 
 

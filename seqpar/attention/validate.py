@@ -94,12 +94,12 @@ def _cross_rank_problems(sigs: list[list[int]]) -> list[str]:
 def _global_problems(q, k, strategy, layout, world, heads_world, cu_seqlens) -> list[str]:
     problems = []
     hq, ls = q.shape[1], q.shape[2]
-    if strategy in ("ulysses", "hybrid") and hq % heads_world:
+    if strategy in ("ulysses", "hybrid") and hq < heads_world:
         what = "the group size" if strategy == "ulysses" else "the mesh's ulysses size"
-        fix = (" (use strategy='hybrid' with a smaller ulysses dim, or 'ring')"
-               if strategy == "ulysses" else "")
-        problems.append(f"strategy={strategy!r} needs Hq divisible by {what} "
-                        f"P={heads_world}, got Hq={hq}{fix}")
+        fix = ("use strategy='hybrid' with a ulysses dim <= Hq, or 'ring'"
+               if strategy == "ulysses" else "use a hybrid mesh with ulysses <= Hq, or 'ring'")
+        problems.append(f"strategy={strategy!r} needs at least one query head per rank of "
+                        f"{what} P={heads_world}, got Hq={hq} ({fix})")
     lay = get_layout(layout)
     granule = lay.granule(world)
     if (ls * world) % granule:
