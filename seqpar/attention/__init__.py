@@ -58,7 +58,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, strategy: st
     ``strategy="hybrid"`` a 2-D DeviceMesh with dims ``"ring"`` and ``"ulysses"``,
     built by ``seqpar.hybrid_mesh(U, R)`` (Ulysses on adjacent ranks). Its sequence
     slices follow global rank order (``seqpar.comm.hybrid_slices``), so shards made
-    with the default group or with ``group=mesh`` are the same and both are right.
+    with the default group or with ``group=mesh`` are the same and both are right
+    when the mesh spans the world; on a sub-mesh (one dp replica) shard with
+    ``group=mesh``.
     ``cu_seqlens``: global document boundaries of packed sequences (int, first
     0, last L); attention never crosses a document.
     ``check=False`` skips the cross-rank input check (one tiny all-gather and a
