@@ -15,7 +15,7 @@ import sys
 import torch
 
 from seqpar.attention.blockwise import PlannedAttention
-from seqpar.attention.plan import Block
+from seqpar.attention.plan import ScoreBlock
 from seqpar.bench.timing import cuda_median_ms
 from seqpar.kernels import cuda as ck
 
@@ -27,13 +27,13 @@ def flops(h: int, length: int) -> float:
     return 3.5 * 4 * h * length * length * 128 / 2
 
 
-def tiles(length: int, tile: int) -> list[Block]:
+def tiles(length: int, tile: int) -> list[ScoreBlock]:
     plan = []
     for i in range(length // tile):
         r0, r1 = i * tile, (i + 1) * tile
         if i:
-            plan.append(Block(r0, r1, 0, r0, False))
-        plan.append(Block(r0, r1, r0, r1, True))
+            plan.append(ScoreBlock(r0, r1, 0, r0, False))
+        plan.append(ScoreBlock(r0, r1, r0, r1, True))
     return plan
 
 

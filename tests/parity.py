@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import seqpar
 
-#: strategies that run over a 1-D group (hybrid needs a 2-D mesh: tests/test_hybrid.py)
+#: strategies that run over a 1-D group (hybrid needs a 2-D mesh: tests/test_hybrid_docs_gqa.py)
 ONE_D_STRATEGIES = [s for s in seqpar.STRATEGIES if s != "hybrid"]
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -49,25 +49,27 @@ def dense_reference(q, k, v, dout, causal, cu_seqlens=None):
 
 
 def check_case(*, strategy, layout, causal, dtype, group, full, rank, world, label="",
-               cu_seqlens=None):
+               cu_seqlens=None, shard_group="same"):
     """Run one sharded attention and compare output and grads with the dense reference.
 
     ``full`` = (q, k, v, dout) float64 full-length tensors, identical on every rank.
+    ``shard_group``: the group ``seqpar.shard`` gets (default: ``group``).
     Returns a list of failure strings (empty when the case passes).
     """
+    sg = group if isinstance(shard_group, str) else shard_group
     q, k, v, dout = full
     # round through the test dtype first so the reference sees the same inputs
     q, k, v, dout = (t.to(dtype).double() for t in (q, k, v, dout))
     ref = dense_reference(q, k, v, dout, causal, cu_seqlens)
-    shards = [seqpar.shard(t, dim=2, group=group, layout=layout).to(dtype) for t in (q, k, v)]
+    shards = [seqpar.shard(t, dim=2, group=sg, layout=layout).to(dtype) for t in (q, k, v)]
     ql, kl, vl = (t.detach().clone().requires_grad_() for t in shards)
     out = seqpar.attention(ql, kl, vl, strategy=strategy, group=group, causal=causal,
                            layout=layout, cu_seqlens=cu_seqlens)
-    out.backward(seqpar.shard(dout, dim=2, group=group, layout=layout).to(dtype))
+    out.backward(seqpar.shard(dout, dim=2, group=sg, layout=layout).to(dtype))
     got = [out.detach(), ql.grad, kl.grad, vl.grad]
     failures = []
     for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref):
-        r_local = seqpar.shard(r, dim=2, group=group, layout=layout)
+        r_local = seqpar.shard(r, dim=2, group=sg, layout=layout)
         err = rel_err(g, r_local)
         if not err <= TOL[dtype]:
             failures.append(f"{label} {strategy}/{layout}/causal={causal}/{dtype}: "

@@ -51,7 +51,7 @@ def test_bytes_match_formula(spawn, world):
 
 
 def _collectives(rank, world):
-    # B=2 takes the packed all-to-all, B=1 the direct point-to-point exchange
+    # B=2 and B=1: one point-to-point message per (sequence, peer) either way
     for b in (2, 1):
         torch.manual_seed(rank)
         x = torch.randn(b, 2 * world, 5, 3, dtype=torch.float64, requires_grad=True)

@@ -13,11 +13,15 @@ import seqpar
 LAYOUTS = ["contiguous", "zigzag", "striped"]
 
 
-def _hybrid(rank, world, shape):
-    mesh = init_device_mesh("cpu", shape, mesh_dim_names=("ulysses", "ring"))
+def _hybrid(rank, world, shape, hand_built=False):
+    u, r = shape
+    if hand_built:  # the other order: Ulysses groups of stride R (exact, but use hybrid_mesh)
+        mesh = init_device_mesh("cpu", shape, mesh_dim_names=("ulysses", "ring"))
+    else:
+        mesh = seqpar.hybrid_mesh(u, r, "cpu")
     failures = []
     length = 4 * world
-    heads = ((4, 4), (4, 2), (4, 1)) if shape[0] != 3 else ((6, 6), (6, 3), (6, 1))
+    heads = ((4, 4), (4, 2), (4, 1)) if u != 3 else ((6, 6), (6, 3), (6, 1))
     for hq, hkv in heads:
         full = make_problem(11 + hkv, b=1, hq=hq, hkv=hkv, length=length, d=8)
         docs = torch.tensor([0, 3, length // 2 + 1, length], dtype=torch.int32)
@@ -35,6 +39,11 @@ def _hybrid(rank, world, shape):
 @pytest.mark.parametrize("shape", [(2, 2), (1, 2), (2, 1), (1, 3), (3, 1)])
 def test_hybrid_mesh(spawn, shape):
     spawn(_hybrid, shape[0] * shape[1], shape)
+
+
+def test_hybrid_hand_built_mesh_other_order(spawn):
+    """A hand-built ("ulysses", "ring") mesh stays exact when shard/unshard get group=mesh."""
+    spawn(_hybrid, 4, (2, 2), True)
 
 
 def _documents(rank, world):
@@ -124,7 +133,7 @@ def test_padding_labels_do_not_change_loss():
 
 def _pipelined_ulysses(rank, world):
     """The chunked (pipelined) Ulysses path, off by default, stays exact."""
-    from seqpar.attention.ulysses import heads_parallel
+    from seqpar.attention.ulysses import ulysses_in_order
 
     q, k, v, dout = (seqpar.shard(t, dim=2) for t in make_problem(9, b=1, hq=12, hkv=6,
                                                                    length=4 * world, d=8))
@@ -133,8 +142,8 @@ def _pipelined_ulysses(rank, world):
                           seqpar.unshard(dout, dim=2), True)
     for chunks in (1, 3):
         ql, kl, vl = (t.clone().requires_grad_() for t in (q, k, v))
-        out = heads_parallel(ql, kl, vl, group=None, seq_order=None, causal=True,
-                             scale=8 ** -0.5, chunks=chunks)
+        out = ulysses_in_order(ql, kl, vl, group=None, order=None, causal=True,
+                               scale=8 ** -0.5, chunks=chunks)
         out.backward(dout)
         for g, r in zip((out, ql.grad, kl.grad, vl.grad), ref):
             assert rel_err(g, seqpar.shard(r, dim=2)) <= 1e-9, chunks

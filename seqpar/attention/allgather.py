@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..comm import all_gather_seq, group_rank_size
-from ..layout import Contiguous, Striped
 from .blockwise import PlannedAttention
-from .plan import Block, make_plan, pair_plan
+from .plan import allgather_reorders, strategy_plans
 from .reorder import to_global_order
 
 
@@ -24,20 +23,9 @@ def allgather_attention(q, k, v, *, group, layout, causal: bool, scale: float,
     length = q.shape[2] * world
     # 2 x (B, Hkv, Ls, D) -> (2, B, Hkv, Ls, D) -> gathered along seq: (2, B, Hkv, L, D)
     kv = all_gather_seq(torch.stack([k, v]), 3, group)
-    token_striped = isinstance(layout, Striped) and layout.block == 1
-    if causal and documents is None and token_striped:
-        # closed-form strided pairs, kv left in rank order: one block per source rank
-        n = q.shape[2]
-        plan = [Block(b.q0, b.q1, b.k0 + src * n, b.k1 + src * n, b.causal)
-                for src in range(world)
-                for b in pair_plan(layout, rank, src, world, length, causal)]
-        return PlannedAttention.apply(q, kv[0], kv[1], plan, scale)
-    if not isinstance(layout, Contiguous) and (causal or documents is not None):
+    if allgather_reorders(layout, world, length, causal, documents):
         # rank order -> global order: each query run then needs one full block and one
         # diagonal block instead of one per (query run, kv run) pair
         kv = to_global_order(kv, 3, layout, world)
-        kv_segments = [(0, length)]
-    else:
-        kv_segments = [seg for r in range(world) for seg in layout.segments(r, world, length)]
-    plan = make_plan(layout.segments(rank, world, length), kv_segments, causal, documents)
+    (plan,) = strategy_plans("allgather", layout, rank, world, length, causal, documents)
     return PlannedAttention.apply(q, kv[0], kv[1], plan, scale)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import acc_dtype, block_backward, block_forward
-from .plan import Block
+from .plan import ScoreBlock
 
 
 def merge(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor,
@@ -37,7 +37,7 @@ class Accumulator:
         self.lse = torch.full((b, h, lq), float("-inf"), dtype=self.acc, device=q.device)
         self._touched = False
 
-    def add(self, block: Block, out: torch.Tensor, lse: torch.Tensor) -> None:
+    def add(self, block: ScoreBlock, out: torch.Tensor, lse: torch.Tensor) -> None:
         rows = slice(block.q0, block.q1)
         if not self._touched and block.q0 == 0 and block.q1 == self.out.shape[2]:
             self.out, self.lse = out.to(self.acc), lse.to(self.acc)
@@ -48,7 +48,7 @@ class Accumulator:
         self._touched = True
 
 
-def forward_blocks(acc: Accumulator, q, k, v, plan: list[Block], scale: float) -> None:
+def forward_blocks(acc: Accumulator, q, k, v, plan: list[ScoreBlock], scale: float) -> None:
     """Compute every block of ``plan`` and merge it into ``acc``."""
     for blk in plan:
         out, lse = block_forward(q[:, :, blk.q0:blk.q1], k[:, :, blk.k0:blk.k1],
@@ -113,7 +113,7 @@ class GradAccumulator:
         return self.buf
 
 
-def backward_blocks(dout, q, k, v, out, lse, plan: list[Block], scale: float,
+def backward_blocks(dout, q, k, v, out, lse, plan: list[ScoreBlock], scale: float,
                     dq: GradAccumulator) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
     """Every block's gradients: dQ summed into ``dq`` now; ``(k0, k1, dK, dV)`` per block
     returned in the kernel's dtype, for the caller to add where their running sum is."""
@@ -128,13 +128,13 @@ def backward_blocks(dout, q, k, v, out, lse, plan: list[Block], scale: float,
     return kv_grads
 
 
-def _is_whole(plan: list[Block], q: torch.Tensor, k: torch.Tensor) -> bool:
+def _is_whole(plan: list[ScoreBlock], q: torch.Tensor, k: torch.Tensor) -> bool:
     """True when the plan is one block covering every query row and kv column."""
     return (len(plan) == 1 and plan[0].q0 == 0 and plan[0].q1 == q.shape[2]
             and plan[0].k0 == 0 and plan[0].k1 == k.shape[2])
 
 
-def plan_forward(q, k, v, plan: list[Block], scale: float):
+def plan_forward(q, k, v, plan: list[ScoreBlock], scale: float):
     """``(out, lse)`` of local queries against a local kv buffer; out in q's dtype."""
     if _is_whole(plan, q, k):  # one block over everything: the kernel's own output
         out, lse = block_forward(q, k, v, scale=scale, causal=plan[0].causal)
@@ -144,7 +144,7 @@ def plan_forward(q, k, v, plan: list[Block], scale: float):
     return acc.out.to(q.dtype), acc.lse
 
 
-def plan_backward(dout, q, k, v, out, lse, plan: list[Block], scale: float):
+def plan_backward(dout, q, k, v, out, lse, plan: list[ScoreBlock], scale: float):
     """``(dq, dk, dv)`` in the inputs' dtypes, accumulated in fp32 when several blocks."""
     dout = dout.contiguous()
     if _is_whole(plan, q, k):  # gradients straight from the kernel, no fp32 round trip

@@ -21,7 +21,7 @@ from .blockwise import (
     backward_blocks,
     forward_blocks,
 )
-from .plan import Block, Segments, make_plan, pair_plan
+from .plan import ScoreBlock, strategy_plans
 
 
 class RingAttention(torch.autograd.Function):
@@ -30,7 +30,7 @@ class RingAttention(torch.autograd.Function):
     sum that arrived from the previous rank and send it on)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, group, plans: list[list[Block]], scale: float):
+    def forward(ctx, q, k, v, group, plans: list[list[ScoreBlock]], scale: float):
         _, world = group_rank_size(group)
         ring = RingExchange(group)
         kv = torch.stack([k, v])  # 2 x (B, Hkv, Ls, D) -> (2, B, Hkv, Ls, D): one message
@@ -77,13 +77,10 @@ class RingAttention(torch.autograd.Function):
         return dq.finish().to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
 
-def ring_over(q, k, v, *, group, segments: list[Segments], causal: bool, scale: float,
-              documents=None):
-    """Ring attention where ring member i holds the tokens ``segments[i]``."""
-    rank, world = group_rank_size(group)
-    plans = [make_plan(segments[rank], segments[(rank - s) % world], causal, documents)
-             for s in range(world)]
-    if world == 1:
+def planned_ring(q, k, v, *, group, plans: list[list[ScoreBlock]], scale: float):
+    """Ring attention over ``group`` where ``plans[s]`` is this rank's plan against the
+    K/V it holds at step ``s`` (that of ring member ``rank - s``)."""
+    if group_rank_size(group)[1] == 1:
         return PlannedAttention.apply(q, k, v, plans[0], scale)
     return RingAttention.apply(q, k, v, group, plans, scale)
 
@@ -92,6 +89,5 @@ def ring_attention(q, k, v, *, group, layout, causal: bool, scale: float, docume
     """This rank's output of exact ring attention over ``group``."""
     rank, world = group_rank_size(group)
     length = q.shape[2] * world
-    plans = [pair_plan(layout, rank, (rank - s) % world, world, length, causal, documents)
-             for s in range(world)]
-    return RingAttention.apply(q, k, v, group, plans, scale)
+    plans = strategy_plans("ring", layout, rank, world, length, causal, documents)
+    return planned_ring(q, k, v, group=group, plans=plans, scale=scale)

@@ -14,7 +14,7 @@ import torch
 
 from ..comm import RingExchange, group_rank_size
 from ..kernels import acc_dtype
-from .plan import pair_plan
+from .plan import strategy_plans
 
 
 def _ring_pass(x: torch.Tensor, group, world: int, visit) -> None:
@@ -147,7 +147,7 @@ def rsa_attention(q, k, v, *, group, layout, causal: bool, scale: float, documen
         ends = torch.tensor([e for _, e in documents], device=q.device)
         doc_of = lambda pos: torch.bucketize(pos, ends, right=True)  # document index
     # which source blocks have any visible pair, from the block planner: no host sync
-    visible = [bool(pair_plan(layout, rank, src, world, length, causal, documents))
-               for src in range(world)]
+    plans = strategy_plans("rsa", layout, rank, world, length, causal, documents)
+    visible = [bool(plans[(rank - src) % world]) for src in range(world)]
     return RingSelfAttention.apply(q, k, v, group, kv_pos[rank], kv_pos, causal, scale, doc_of,
                                    visible)

@@ -2,9 +2,10 @@
 
 One all-to-all moves q, k and v together (B, H, L/P, D) -> (B, H/P, L, D);
 each rank runs ordinary attention over the full sequence for its heads; one
-all-to-all brings the output back. Needs Hq divisible by P. With GQA and
-P > Hkv (or Hkv not divisible by P) kv heads are replicated before the
-all-to-all so every rank receives the kv heads its query heads use.
+all-to-all brings the output back. Heads the group does not divide are dealt
+unevenly (7 on 2 ranks: 4 + 3; ``head_split``); only P > Hq is impossible. With
+GQA, kv heads are replicated where needed so every rank receives whole groups
+of the kv heads its query heads use.
 """
 
 from __future__ import annotations
@@ -14,21 +15,38 @@ import math
 import torch
 
 from ..comm import group_rank_size
-from ..comm.collectives import start_heads_to_seq, start_seq_to_heads
+from ..comm.collectives import HeadSplit, even_split, start_heads_to_seq, start_seq_to_heads
 from ..layout import Contiguous
 from .blockwise import plan_backward, plan_forward
-from .plan import make_plan
+from .plan import strategy_plans
+from .reorder import SeqOrder
 
 
-def replicate_kv_heads(k: torch.Tensor, v: torch.Tensor, world: int):
-    """Repeat kv heads so their count divides by ``world``:
-    ``(B, Hkv, L, D) -> (B, lcm(Hkv, P), L, D)``; query head i still maps to the
-    copy of kv head ``i // (Hq/Hkv)``. Gradients of the copies sum back."""
-    hkv = k.shape[1]
-    rep = math.lcm(hkv, world) // hkv
+def replicate_kv_heads(k: torch.Tensor, v: torch.Tensor, rep: int):
+    """``(B, Hkv, L, D) -> (B, rep·Hkv, L, D)``, each kv head ``rep`` times in a row: query
+    head i still maps to a copy of kv head ``i // (Hq/Hkv)``. Gradients of the copies sum
+    back (``repeat_interleave``'s backward)."""
     if rep == 1:
         return k, v
     return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+
+
+def head_split(hq: int, hkv: int, world: int) -> tuple[int, HeadSplit, HeadSplit]:
+    """``(rep, q split, kv split)``: how Ulysses deals heads over ``world`` ranks.
+
+    Query heads are dealt as evenly as they go (:func:`even_split`, 7 on 2 ranks: 4 + 3).
+    kv heads are replicated ``rep`` times (the fewest copies) so that every rank's query
+    heads use whole groups of ``g = Hq / (rep·Hkv)`` starting at a group boundary: rank j
+    then gets kv heads ``[first/g, (first+n)/g)``, routed to it with its query heads, and
+    local attention is ordinary GQA. Even splits with P | Hkv need no copies; with
+    P > Hkv this is ``lcm(Hkv, P)/Hkv`` copies as before."""
+    q_split = even_split(hq, world)
+    group = hq // hkv
+    for g in sorted((d for d in range(1, group + 1) if group % d == 0), reverse=True):
+        if all(first % g == 0 and n % g == 0 for first, n in q_split):
+            kv_split = tuple((first // g, n // g) for first, n in q_split)
+            return group // g, q_split, kv_split
+    raise AssertionError("unreachable: g = 1 always aligns")
 
 
 #: Head chunks to pipeline by default. Measured on 4xH200 (BENCHMARKS.md, v2):
@@ -39,7 +57,10 @@ DEFAULT_CHUNKS = 1
 
 def pipeline_chunks(hq: int, hkv: int, world: int, most: int = DEFAULT_CHUNKS) -> int:
     """How many head chunks to pipeline: the largest ``c <= most`` dividing both
-    Hq/P and Hkv/P, so every chunk keeps whole GQA groups on every rank."""
+    Hq/P and Hkv/P, so every chunk keeps whole GQA groups on every rank (1 when the
+    heads do not split evenly)."""
+    if hq % world or hkv % world:
+        return 1
     per_rank = math.gcd(hq // world, hkv // world)
     return max(c for c in range(1, most + 1) if per_rank % c == 0)
 
@@ -54,70 +75,78 @@ class UlyssesAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, group, chunks: int, seq_order, plan, scale: float):
-        # seq_order: (order, inverse) of Layout.rank_order, or None when already in order
-        seq_order, inverse = seq_order if seq_order is not None else (None, None)
-        pending = [start_seq_to_heads(parts, group)
+    def forward(ctx, q, k, v, group, chunks: int, order: SeqOrder | None, plan, scale: float,
+                splits=None):
+        # order: how the gathered sequence maps to global order, None when it is global;
+        # splits: (q split, kv split) for uneven heads (then chunks == 1), None when even
+        qkv_splits = (splits[0], splits[1], splits[1]) if splits else None
+        pending = [start_seq_to_heads(parts, group, qkv_splits)
                    for parts in zip(q.chunk(chunks, 1), k.chunk(chunks, 1), v.chunk(chunks, 1))]
         saved, outgoing = [], []
         for incoming in pending:
             qh, kh, vh = incoming.wait()  # (B, H_c/P, L, D), L in group-rank order
-            if inverse is not None:  # -> global order: causal is one diagonal block
-                qh, kh, vh = (t.index_select(2, inverse) for t in (qh, kh, vh))
+            if order is not None:  # -> global order: causal is one diagonal block
+                qh, kh, vh = (order.to_global(t, 2) for t in (qh, kh, vh))
             out_h, lse = plan_forward(qh, kh, vh, plan, scale)
             saved += [qh, kh, vh, out_h, lse]
-            back = out_h.index_select(2, seq_order) if seq_order is not None else out_h
-            outgoing.append(start_heads_to_seq((back,), group))
+            back = order.to_rank(out_h, 2) if order is not None else out_h
+            outgoing.append(start_heads_to_seq((back,), group, splits and splits[:1]))
         # chunks of (B, Hq/C, Ls, D) -> (B, Hq, Ls, D)
         out = torch.cat([o.wait()[0] for o in outgoing], dim=1)
         ctx.save_for_backward(*saved)
         ctx.group, ctx.chunks, ctx.plan, ctx.scale = group, chunks, plan, scale
-        ctx.seq_order, ctx.inverse = seq_order, inverse
+        ctx.order, ctx.splits = order, splits
         return out
 
     @staticmethod
     def backward(ctx, dout):
         saved = ctx.saved_tensors
-        seq_order, inverse = ctx.seq_order, ctx.inverse
-        pending = [start_seq_to_heads((d,), ctx.group) for d in dout.chunk(ctx.chunks, 1)]
+        order, splits = ctx.order, ctx.splits
+        qkv_splits = (splits[0], splits[1], splits[1]) if splits else None
+        pending = [start_seq_to_heads((d,), ctx.group, splits and splits[:1])
+                   for d in dout.chunk(ctx.chunks, 1)]
         outgoing = []
         for c, incoming in enumerate(pending):
             (dout_h,) = incoming.wait()  # (B, Hq_c/P, L, D)
-            if inverse is not None:
-                dout_h = dout_h.index_select(2, inverse)
+            if order is not None:
+                dout_h = order.to_global(dout_h, 2)
             qh, kh, vh, out_h, lse = saved[5 * c:5 * c + 5]
             grads = plan_backward(dout_h, qh, kh, vh, out_h, lse, ctx.plan, ctx.scale)
-            if seq_order is not None:
-                grads = tuple(g.index_select(2, seq_order) for g in grads)
-            outgoing.append(start_heads_to_seq(grads, ctx.group))
+            if order is not None:
+                grads = tuple(order.to_rank(g, 2) for g in grads)
+            outgoing.append(start_heads_to_seq(grads, ctx.group, qkv_splits))
         parts = [o.wait() for o in outgoing]  # per chunk: (dq_c, dk_c, dv_c), seq-sharded
         dq, dk, dv = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None
 
 
-def heads_parallel(q, k, v, *, group, seq_order, causal: bool, scale: float,
-                   documents=None, chunks: int | None = None):
-    """Ulysses core over ``group``. ``seq_order``: ``Layout.rank_order`` of the
-    gathered sequence (the members' shards in group-rank order), or None when
-    that is already global order."""
+def ulysses_in_order(q, k, v, *, group, order: SeqOrder | None, causal: bool, scale: float,
+                     documents=None, chunks: int | None = None):
+    """Ulysses core over ``group``. ``order``: how the gathered sequence (the members'
+    shards in group-rank order) maps to global order, or None when it is global order."""
     _, world = group_rank_size(group)
-    k, v = replicate_kv_heads(k, v, world)
+    rep, q_split, kv_split = head_split(q.shape[1], k.shape[1], world)
+    k, v = replicate_kv_heads(k, v, rep)
+    even = q.shape[1] % world == 0 and k.shape[1] % world == 0
     length = q.shape[2] * world
-    plan = make_plan([(0, length)], [(0, length)], causal, documents)
+    (plan,) = strategy_plans("ulysses", None, 0, world, length, causal, documents)
     if chunks is None:
         chunks = pipeline_chunks(q.shape[1], k.shape[1], world)
-    elif (q.shape[1] // world) % chunks or (k.shape[1] // world) % chunks:
-        raise ValueError(f"chunks={chunks} must divide Hq/P={q.shape[1] // world} and "
-                         f"Hkv/P={k.shape[1] // world}")
-    return UlyssesAttention.apply(q, k, v, group, chunks, seq_order, plan, scale)
+    elif not even and chunks != 1 or even and ((q.shape[1] // world) % chunks
+                                                 or (k.shape[1] // world) % chunks):
+        raise ValueError(f"chunks={chunks} must divide Hq/P and Hkv/P (Hq={q.shape[1]}, "
+                         f"Hkv={k.shape[1]} after replication, P={world}); uneven head "
+                         "splits run in one chunk")
+    return UlyssesAttention.apply(q, k, v, group, chunks, order, plan, scale,
+                                  None if even else (q_split, kv_split))
 
 
 def ulysses_attention(q, k, v, *, group, layout, causal: bool, scale: float, documents=None):
     """This rank's output of Ulysses attention over ``group``."""
     _, world = group_rank_size(group)
     length = q.shape[2] * world
-    seq_order = None
+    order = None
     if (causal or documents is not None) and not isinstance(layout, Contiguous):
-        seq_order = layout.rank_order(world, length, q.device)
-    return heads_parallel(q, k, v, group=group, seq_order=seq_order, causal=causal,
-                          scale=scale, documents=documents)
+        order = SeqOrder(layout, world, length, q.device)
+    return ulysses_in_order(q, k, v, group=group, order=order, causal=causal, scale=scale,
+                            documents=documents)

@@ -8,6 +8,8 @@ that only shows across ranks (or a bad tensor on one rank) raises the same
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 import torch.distributed as dist
 
@@ -51,16 +53,27 @@ def _local_problems(q, k, v, strategy, layout) -> list[str]:
     return problems
 
 
+def layout_id(layout: Layout) -> int:
+    """A number naming a layout and its parameters, equal on every process: the
+    built-ins by index (readable in messages), any other by a CRC of its class
+    and fields, so a user-defined ``Layout`` subclass is checked like the rest."""
+    if type(layout).__module__ == Layout.__module__ and layout.name in LAYOUT_NAMES:
+        return LAYOUT_NAMES.index(layout.name)
+    text = f"{type(layout).__module__}.{type(layout).__qualname__}:{layout.name}:{layout!r}"
+    return 1000 + zlib.crc32(text.encode())
+
+
 def _signature(q, k, strategy, layout, causal) -> list[int]:
     """Fixed-length summary of this rank's call, comparable across ranks."""
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor)
             and q.dim() == 4 and k.dim() == 4):
         return [-1] * 10
     lay = (layout if isinstance(layout, Layout)
-           else get_layout(layout) if layout in LAYOUT_NAMES else None)
+           else get_layout(layout) if isinstance(layout, str) and layout in LAYOUT_NAMES
+           else None)
     return [*q.shape, *k.shape[1:2],
             STRATEGIES.index(strategy) if strategy in STRATEGIES else -1,
-            LAYOUT_NAMES.index(lay.name) if lay is not None else -1,
+            layout_id(lay) if lay is not None else -1,
             int(bool(causal)),
             _DTYPES.index(q.dtype) if q.dtype in _DTYPES else -1,
             getattr(lay, "block", 0) or 0]
@@ -81,17 +94,22 @@ def _cross_rank_problems(sigs: list[list[int]]) -> list[str]:
 def _global_problems(q, k, strategy, layout, world, heads_world, cu_seqlens) -> list[str]:
     problems = []
     hq, ls = q.shape[1], q.shape[2]
-    if strategy in ("ulysses", "hybrid") and hq % heads_world:
+    if strategy in ("ulysses", "hybrid") and hq < heads_world:
         what = "the group size" if strategy == "ulysses" else "the mesh's ulysses size"
-        fix = (" (use strategy='hybrid' with a smaller ulysses dim, or 'ring')"
-               if strategy == "ulysses" else "")
-        problems.append(f"strategy={strategy!r} needs Hq divisible by {what} "
-                        f"P={heads_world}, got Hq={hq}{fix}")
+        fix = ("use strategy='hybrid' with a ulysses dim <= Hq, or 'ring'"
+               if strategy == "ulysses" else "use a hybrid mesh with ulysses <= Hq, or 'ring'")
+        problems.append(f"strategy={strategy!r} needs at least one query head per rank of "
+                        f"{what} P={heads_world}, got Hq={hq} ({fix})")
     lay = get_layout(layout)
     granule = lay.granule(world)
     if (ls * world) % granule:
         problems.append(f"layout={lay.name!r} with P={world} needs the global length "
                         f"L={ls * world} (L_local={ls}) to be a multiple of {granule}")
+    else:
+        try:
+            lay.check_length(ls * world, world)  # a layout's own rule (e.g. per document)
+        except ValueError as exc:
+            problems.append(str(exc))
     if cu_seqlens is not None:
         try:
             documents_from_cu_seqlens(cu_seqlens, ls * world)

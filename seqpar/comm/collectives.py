@@ -18,8 +18,9 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-class Pending:
-    """An exchange in flight; ``wait()`` returns its result."""
+class PendingExchange:
+    """Point-to-point messages in flight (an all-to-all started by ``start_seq_to_heads``
+    or ``start_heads_to_seq``); ``wait()`` finishes them and returns the result."""
 
     def __init__(self, works: list, result: tuple[torch.Tensor, ...], finish=None, keep=()):
         self._works, self._result, self._finish = works, result, finish
@@ -47,106 +48,128 @@ def _exchange(sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torc
     return dist.batch_isend_irecv(ops) if ops else []
 
 
-def start_seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
-    """Start one exchange: (B, H_i, Ls, D) -> (B, H_i/P, P*Ls, D) on wait.
+#: How a tensor's heads are dealt to the ranks: ``[(first head, count), ...]`` per rank.
+HeadSplit = tuple[tuple[int, int], ...]
+
+
+def even_split(heads: int, world: int) -> HeadSplit:
+    """Heads dealt as evenly as they go, the first ``heads % world`` ranks one more
+    (DeepSpeed's uneven Ulysses: 7 heads on 2 ranks -> 4 + 3)."""
+    base, extra = divmod(heads, world)
+    counts = [base + (j < extra) for j in range(world)]
+    return tuple((sum(counts[:j]), counts[j]) for j in range(world))
+
+
+def start_seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup,
+                       splits: tuple[HeadSplit | None, ...] | None = None) -> PendingExchange:
+    """Start one exchange: (B, H_i, Ls, D) -> (B, h_i, P*Ls, D) on wait, where rank j gets
+    the heads ``splits[i][j]`` of tensor i (default :func:`even_split`; uneven allowed).
 
     Head group j of each sequence goes to rank j as it lies in memory (contiguous:
     no packing copy); what arrives is interleaved once into the result on wait.
     """
     rank, world = group_rank_size(group)
+    splits = splits or (None,) * len(tensors)
     sends, recvs, parts = [], [], []
-    for t in tensors:
+    for t, split in zip(tensors, splits, strict=True):
         t = t.contiguous()
         b, hq, ls, d = t.shape
-        h = hq // world
-        groups = t.view(b, world, h, ls, d)  # [:, j]: head group j -> rank j
-        stage = torch.empty_like(groups)  # [:, i]: from rank i (own slot unused)
-        for j in range(world):
+        split = split or even_split(hq, world)
+        mine, h = split[rank]
+        stage = t.new_empty(b, world, h, ls, d)  # [:, i]: from rank i (own slot unused)
+        for j, (first, n) in enumerate(split):
             if j != rank:
-                sends += [(j, groups[i, j]) for i in range(b)]
+                sends += [(j, t[i, first:first + n]) for i in range(b)]  # (n, Ls, D) each
                 recvs += [(j, stage[i, j]) for i in range(b)]
         result = t.new_empty(b, h, world * ls, d)
-        parts.append((result, stage, groups[:, rank]))
+        parts.append((result, stage, t[:, mine:mine + h]))
     works = _exchange(sends, recvs, group)
 
     def finish() -> None:
-        for result, stage, mine in parts:
+        for result, stage, own in parts:
             b, h, _, d = result.shape
             view = result.view(b, h, world, -1, d)  # sequence = (source rank, Ls)
             for j in range(world):
-                view[:, :, j].copy_(mine if j == rank else stage[:, j])
+                view[:, :, j].copy_(own if j == rank else stage[:, j])
 
-    return Pending(works, tuple(r for r, _, _ in parts), finish)
+    return PendingExchange(works, tuple(r for r, _, _ in parts), finish)
 
 
-def start_heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup) -> Pending:
-    """Inverse of :func:`start_seq_to_heads`: (B, H_i/P, P*Ls, D) -> (B, H_i, Ls, D).
+def start_heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup,
+                       splits: tuple[HeadSplit | None, ...] | None = None) -> PendingExchange:
+    """Inverse of :func:`start_seq_to_heads`: (B, h_i, P*Ls, D) -> (B, H_i, Ls, D), rank j
+    having held the heads ``splits[i][j]`` (default: an even split).
 
     Sequence slot j of each input is packed once and sent to rank j; what arrives
     from rank i lands directly in head group i of the result.
     """
     rank, world = group_rank_size(group)
+    splits = splits or (None,) * len(tensors)
     sends, recvs, results, keep = [], [], [], []
-    for t in tensors:
+    for t, split in zip(tensors, splits, strict=True):
         t = t.contiguous()
         b, h, l_full, d = t.shape
         ls = l_full // world
+        split = split or even_split(h * world, world)
         slots = t.view(b, h, world, ls, d)  # [:, :, j]: sequence slot j -> rank j
-        result = t.new_empty(b, world * h, ls, d)
-        groups = result.view(b, world, h, ls, d)  # [:, i]: head group i <- rank i
-        for j in range(world):
+        result = t.new_empty(b, sum(n for _, n in split), ls, d)
+        for j, (first, n) in enumerate(split):
             if j == rank:
-                groups[:, j].copy_(slots[:, :, j])
+                result[:, first:first + n].copy_(slots[:, :, j])
                 continue
-            send = slots[:, :, j].contiguous()  # (B, H/P, Ls, D)
+            send = slots[:, :, j].contiguous()  # (B, h, Ls, D)
             keep.append(send)
             sends += [(j, send[i]) for i in range(b)]
-            recvs += [(j, groups[i, j]) for i in range(b)]
+            recvs += [(j, result[i, first:first + n]) for i in range(b)]  # head group j
         results.append(result)
-    return Pending(_exchange(sends, recvs, group), tuple(results), keep=tuple(keep))
+    return PendingExchange(_exchange(sends, recvs, group), tuple(results), keep=tuple(keep))
 
 
-def _seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
-    return start_seq_to_heads(tensors, group).wait()
+def _seq_to_heads(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup, splits=None):
+    return start_seq_to_heads(tensors, group, splits).wait()
 
 
-def _heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup):
-    return start_heads_to_seq(tensors, group).wait()
+def _heads_to_seq(tensors: tuple[torch.Tensor, ...], group: dist.ProcessGroup, splits=None):
+    return start_heads_to_seq(tensors, group, splits).wait()
 
 
 class SeqToHeads(torch.autograd.Function):
     """Sequence-sharded -> head-sharded (DeepSpeed-Ulysses).
 
-    Forward: one all-to-all of all inputs packed together,
-    ``(B, H_i, L/P, D) -> (B, H_i/P, L, D)`` for each input.
-    Backward: the inverse all-to-all of the packed gradients.
+    Forward: one exchange of point-to-point pieces for all inputs together
+    (:func:`start_seq_to_heads`: head group j of each sequence goes to rank j as it
+    lies), ``(B, H_i, L/P, D) -> (B, H_i/P, L, D)`` for each input.
+    Backward: the inverse exchange (:func:`start_heads_to_seq`) of the gradients.
     """
 
     @staticmethod
-    def forward(ctx, group, *tensors):
-        ctx.group = group
-        return _seq_to_heads(tensors, group)
+    def forward(ctx, group, splits, *tensors):
+        ctx.group, ctx.splits = group, splits
+        return _seq_to_heads(tensors, group, splits)
 
     @staticmethod
     def backward(ctx, *grads):
-        return (None, *_heads_to_seq(tuple(g.contiguous() for g in grads), ctx.group))
+        grads = tuple(g.contiguous() for g in grads)
+        return (None, None, *_heads_to_seq(grads, ctx.group, ctx.splits))
 
 
 class HeadsToSeq(torch.autograd.Function):
     """Head-sharded -> sequence-sharded (the way back after Ulysses attention).
 
-    Forward: one all-to-all, ``(B, H_i/P, L, D) -> (B, H_i, L/P, D)``.
-    Backward: the inverse all-to-all (sequence -> heads) of the gradients.
+    Forward: one exchange of point-to-point pieces (:func:`start_heads_to_seq`),
+    ``(B, H_i/P, L, D) -> (B, H_i, L/P, D)``.
+    Backward: the inverse exchange (sequence -> heads) of the gradients.
     """
 
     @staticmethod
-    def forward(ctx, group, *tensors):
-        ctx.group = group
-        return _heads_to_seq(tensors, group)
+    def forward(ctx, group, splits, *tensors):
+        ctx.group, ctx.splits = group, splits
+        return _heads_to_seq(tensors, group, splits)
 
     @staticmethod
     def backward(ctx, *grads):
-        return (None, *_seq_to_heads(tuple(g.contiguous() for g in grads), ctx.group))
+        grads = tuple(g.contiguous() for g in grads)
+        return (None, None, *_seq_to_heads(grads, ctx.group, ctx.splits))
 
 
 def _all_gather(x: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
@@ -206,18 +229,21 @@ class ReduceScatterSeq(torch.autograd.Function):
         return _all_gather(grad, ctx.dim, ctx.group), None, None
 
 
-def seq_to_heads(*tensors: torch.Tensor, group: dist.ProcessGroup | None):
-    """``(B, H_i, L/P, D) -> (B, H_i/P, L, D)`` for each tensor, in one all-to-all."""
+def seq_to_heads(*tensors: torch.Tensor, group: dist.ProcessGroup | None,
+                 splits: tuple[HeadSplit | None, ...] | None = None):
+    """``(B, H_i, L/P, D) -> (B, H_i/P, L, D)`` for each tensor, in one all-to-all
+    (``splits``: uneven head counts per rank, see :func:`start_seq_to_heads`)."""
     if group_rank_size(group)[1] == 1:
         return tensors
-    return SeqToHeads.apply(group, *tensors)
+    return SeqToHeads.apply(group, splits, *tensors)
 
 
-def heads_to_seq(*tensors: torch.Tensor, group: dist.ProcessGroup | None):
+def heads_to_seq(*tensors: torch.Tensor, group: dist.ProcessGroup | None,
+                 splits: tuple[HeadSplit | None, ...] | None = None):
     """``(B, H_i/P, L, D) -> (B, H_i, L/P, D)`` for each tensor, in one all-to-all."""
     if group_rank_size(group)[1] == 1:
         return tensors
-    return HeadsToSeq.apply(group, *tensors)
+    return HeadsToSeq.apply(group, splits, *tensors)
 
 
 def all_gather_seq(x: torch.Tensor, dim: int, group: dist.ProcessGroup | None) -> torch.Tensor:

@@ -64,9 +64,13 @@ def hybrid_mesh(ulysses: int, ring: int, device_type: str = "cuda",
     Ulysses group is ``ulysses`` consecutive ranks (one NVLink island: the
     all-to-all never leaves a node when ``ulysses`` divides the GPUs per node)
     and the ring crosses nodes. Rank ``r·U + u`` sits at ``(r, u)`` and holds
-    sequence slice ``r·U + u``: the default group's rank order, so
-    ``seqpar.shard(x, dim)`` with the default group gives the hybrid shard.
+    sequence slice ``r·U + u``, and after the all-to-all ring member ``r`` holds
+    the adjacent slices ``r·U .. r·U+U-1`` (one run for contiguous layouts).
     Every sub-group gets ``timeout``.
+
+    A mesh built by hand in the other order (``("ulysses", "ring")``, shape
+    ``(U, R)``) is exact too, since slices always follow global rank order
+    (:func:`hybrid_slices`), but its all-to-all spans nodes: use this helper.
     """
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -89,15 +93,31 @@ def hybrid_groups(mesh) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
     return mesh.get_group("ulysses"), mesh.get_group("ring")
 
 
+def hybrid_slices(mesh) -> list[list[int]]:
+    """``slices[r][u]``: the sequence slice held by the member at ring ``r``, ulysses ``u``.
+
+    The rule, whatever the mesh's dim order: slices follow the members' global
+    ranks (the lowest rank holds slice 0). So on a mesh spanning the world, slice =
+    global rank and ``seqpar.shard`` with the default group is the hybrid shard;
+    on a sub-mesh (e.g. one dp replica of ``ParallelDims``) it is the rank's place
+    among the mesh's ranks. For :func:`hybrid_mesh` that is ``r·U + u``.
+    """
+    names = tuple(mesh.mesh_dim_names)
+    # (U, R) or (R, U) global ranks -> (R, U)
+    ranks = mesh.mesh if names == ("ring", "ulysses") else mesh.mesh.transpose(0, 1)
+    order = sorted(ranks.flatten().tolist())
+    return [[order.index(g) for g in row] for row in ranks.tolist()]
+
+
 def seq_rank_size(group: object | None) -> tuple[int, int]:
     """Which slice of the sequence this rank holds, and how many slices there are.
 
-    For a 1-D group that is its rank; for a hybrid mesh the ring dim is major:
-    rank ``(u, r)`` holds slice ``r * U + u`` of ``U * R``, so that after the
-    Ulysses all-to-all a ring member holds one contiguous run of slices.
+    For a 1-D group that is its rank; for a hybrid mesh see :func:`hybrid_slices`
+    (for :func:`hybrid_mesh`: rank ``(r, u)`` holds slice ``r·U + u``, so that after
+    the Ulysses all-to-all a ring member holds one run of adjacent slices).
     """
     if is_hybrid_mesh(group):
         ug, rg = hybrid_groups(group)
         (u, size_u), (r, size_r) = group_rank_size(ug), group_rank_size(rg)
-        return r * size_u + u, size_u * size_r
+        return hybrid_slices(group)[r][u], size_u * size_r
     return group_rank_size(resolve_group(group))

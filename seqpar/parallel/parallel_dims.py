@@ -110,11 +110,14 @@ class ParallelDims:
         """The world's ``DeviceMesh`` with dims ``("dp", "sp", "tp")``, plus the
         flattened ``"dp_sp"`` (the FSDP / gradient-reduction dim).
 
-        For ``hybrid`` the sp dim is itself ``("ring", "ulysses")``: the mesh is
-        built 4-D and the two are flattened into ``"sp"``, ring-major, so that sp
-        rank ``r * U + u`` is the sequence slice the hybrid attention expects on
-        mesh coordinate ``(u, r)``. Every group gets ``timeout``, so a rank that
-        stops answering is an error within that time, not a hang.
+        For ``hybrid`` the sp dim is itself ``("ring", "ulysses")``, Ulysses
+        innermost as in ``seqpar.hybrid_mesh`` (a Ulysses group is adjacent ranks,
+        one node): the mesh is built 4-D and the two are flattened into ``"sp"``,
+        ring-major, so that sp rank ``r * U + u`` is the sequence slice the hybrid
+        attention assigns to mesh coordinate ``(r, u)`` (slices follow the members'
+        global rank order, ``seqpar.comm.hybrid_slices``). Every group gets
+        ``timeout``, so a rank that stops answering is an error within that time,
+        not a hang.
         """
         from torch.distributed.device_mesh import init_device_mesh
 
