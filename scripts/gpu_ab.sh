@@ -3,7 +3,7 @@
 # in OLD (a folder holding an older seqpar/, e.g. `git archive REV seqpar | tar -x -C .old`)
 # and this checkout, alternated ROUNDS times so drift hits both alike. Results in "$OUT".
 #
-#   OLD=.old ROUNDS=2 SEQ_LENS=32K,128K bash scripts/gpu_ab.sh
+#   OLD=.old ROUNDS=2 SEQ_LENS=32K,128K MAX_MINUTES=1.6 bash scripts/gpu_ab.sh
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -25,7 +25,8 @@ for round in $(seq 1 "$ROUNDS"); do
     PYTHONPATH=$tree timeout 300 "$PY" -m torch.distributed.run --standalone \
       --nproc-per-node="$NPROC" -m seqpar.cli bench attention --seq-lens "$SEQ_LENS" \
       --heads 32 --kv-heads 32,8 --head-dim 128 --dtype bf16 --causal --pairs "$PAIRS" \
-      --warmup 1 --iters 5 --max-variant-seconds 6 --peer-backends cudnn \
+      --warmup 1 --iters 5 --max-variant-seconds 6 --max-minutes "${MAX_MINUTES:-2}" \
+      --peer-backends cudnn \
       --ceiling-backends cudnn --check-max-len 131072 --out "$OUT/ab_$tag.json" \
       >> "$OUT/ab.log" 2>&1 || { echo "$tag failed"; tail -20 "$OUT/ab.log"; status=1; }
     echo "$tag done at $SECONDS s"
