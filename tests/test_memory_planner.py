@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from seqpar.cli import main as seqpar_main
+from seqpar.memory.calibrate import forward_backward
 from seqpar.memory.checkpointing import apply_activation_checkpointing
-from seqpar.memory.chunked_loss import chunked_sp_exact_loss
 from seqpar.memory.measure import LivePeak
 from seqpar.memory.offload import ActivationOffload
 from seqpar.memory.planner import (
@@ -26,7 +26,6 @@ from seqpar.memory.planner import (
 )
 from seqpar.memory.tiled_mlp import apply_tiled_mlp
 from seqpar.models import build_model, model_config
-from seqpar.train.loss import sp_exact_loss
 
 #: ``seqpar train --model 8b --activation-checkpointing`` on 2x H200 (bf16, FSDP2, ring,
 #: zigzag, B=1, vocabulary 264): torch.cuda.max_memory_allocated, GiB (issue 13).
@@ -64,17 +63,7 @@ def test_cpu_runs_within_25_percent():
         apply_activation_checkpointing(model, mode, offload_layers=k,
                                        offload=ActivationOffload(min_bytes=0))
         with LivePeak() as tracker:
-            h = model.tok_embeddings(tokens)
-            rope = model.rope(pos)
-            for block in model.layers:
-                h = block(h, rope)
-            h = model.norm(h)
-            if loss_chunk:
-                out = chunked_sp_exact_loss(h, model.output.weight, labels, None, loss_chunk)
-            else:
-                out = sp_exact_loss(model.output(h), labels)
-            out.backward_loss.backward()
-            del h, out
+            forward_backward(model, tokens, labels, pos, loss_chunk)
         e = estimate(cfg, length, 1, MemoryConfig(loss_chunk, mlp, mode, k), compute_bytes=4)
         predicted = max(e.parts["phase_loss"], e.parts["phase_backward"]) - \
             e.parts["params_and_adam"]

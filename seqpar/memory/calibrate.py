@@ -34,7 +34,8 @@ CASES = [  # (ac mode, offload layers, mlp chunk, loss chunk)
 ]
 
 
-def _step(model, tokens, labels, pos, loss_chunk):
+def forward_backward(model, tokens, labels, pos, loss_chunk: int) -> torch.Tensor:
+    """One forward + backward of a one-process model, the loss chunked or not; the loss."""
     h = model.tok_embeddings(tokens)  # (1, L, d)
     rope = model.rope(pos)
     for block in model.layers:
@@ -83,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                 base = torch.cuda.memory_allocated()
             try:
                 if cuda:
-                    loss = _step(model, tokens, labels, pos, loss_chunk)
+                    loss = forward_backward(model, tokens, labels, pos, loss_chunk)
                     torch.cuda.synchronize()
                     peak = (torch.cuda.max_memory_allocated() - base) / GiB
                 else:
                     with LivePeak() as tracker:
-                        loss = _step(model, tokens, labels, pos, loss_chunk)
+                        loss = forward_backward(model, tokens, labels, pos, loss_chunk)
                     peak = tracker.peak / GiB
                 err = None
             except torch.cuda.OutOfMemoryError as e:
