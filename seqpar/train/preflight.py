@@ -85,6 +85,11 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     from ..data import make_dataset
     from ..models import model_config
 
+    if cfg.hf:
+        from .hf_train import preflight_hf
+
+        preflight_hf(cfg, world)
+        return None
     check_values(cfg)
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)

@@ -1,0 +1,153 @@
+"""``seqpar train --hf PATH``: fine-tune a local Hugging Face causal LM folder.
+
+The native loop's pieces are reused (AdamW settings, LR schedule, progress and
+metrics lines, the SP-exact loss); what differs lives here: the model is built
+on the meta device from the folder's config with ``attn_implementation="seqpar"``,
+sharded with FSDP2 over dp x sp, materialised with ``to_empty`` and filled by
+:func:`seqpar.hf.load_weights` (each rank reads only its shard), and batches are
+the model tokenizer's packed documents (:mod:`.hf_data`).
+
+Not wired yet (refused in :func:`preflight_hf` with one line, never silently):
+``--tp > 1``, ``--strategy hybrid``, ``--no-fsdp`` with several ranks,
+``--checkpoint-dir`` / ``--resume``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+from .hf_data import HFTextDataset, split_data_paths
+from .progress import Metrics, Progress, TrainResult
+from .step import StepOutput, autocast_for, lr_at
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is the same error
+        raise ValueError(f"--hf {path}: cannot load its tokenizer ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def preflight_hf(cfg: TrainConfig, world: int) -> None:
+    """Everything checkable before spawning: the folder, tokenizer, data, degrees."""
+    import seqpar.hf as sh
+
+    from .preflight import check_values
+
+    check_values(cfg)
+    config = sh.check_model_folder(cfg.hf)
+    sh.check_tokenizer(_tokenizer(cfg.hf), config)
+    bad = []
+    if (cfg.tp or 1) > 1:
+        bad.append(f"--tp {cfg.tp}: tensor parallelism is not wired into `seqpar train --hf` "
+                   "yet (use sp/dp)")
+    if cfg.strategy == "hybrid":
+        bad.append("--strategy hybrid is not wired into `seqpar train --hf` yet")
+    if not cfg.fsdp and world > 1:
+        bad.append("--no-fsdp is not supported with --hf on several ranks")
+    if cfg.checkpoint_dir or cfg.resume:
+        bad.append("--checkpoint-dir / --resume are not wired into `seqpar train --hf` yet")
+    if bad:
+        raise ValueError("; ".join(bad))
+    for p in split_data_paths(cfg.data):
+        if not Path(p).exists():
+            raise ValueError(f"data file {p!r} does not exist")
+    shape = SimpleNamespace(n_heads=config.num_attention_heads,
+                            n_kv_heads=getattr(config, "num_key_value_heads", None),
+                            ffn_dim=getattr(config, "intermediate_size", None))
+    cfg.parallel_dims().validate(world, model=shape, seq_len=cfg.seq_len,
+                                 batch_size=cfg.batch_size)
+
+
+def build_hf(cfg: TrainConfig, device: torch.device):
+    """``(model, sp_group, tokenizer)``: the folder's model, seqpar attention over the
+    sp mesh, FSDP2 over dp x sp, weights loaded shard by shard."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import seqpar.hf as sh
+
+    config = AutoConfig.from_pretrained(cfg.hf, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="seqpar",
+                                                 torch_dtype=torch.float32)
+    grouped = dist.is_available() and dist.is_initialized()
+    mesh = cfg.parallel_dims().build_mesh(device.type) if grouped else None
+    sp_group = mesh["sp"] if mesh is not None else None
+    sh.apply(model, group=sp_group, strategy=cfg.strategy, layout=cfg.layout)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if mesh is not None and cfg.fsdp:
+        sh.fully_shard_model(model, mesh["dp_sp"], param_dtype=cfg.torch_dtype)
+    model.to_empty(device=device)
+    sh.load_weights(model, cfg.hf)
+    model.train()
+    dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
+    return model, sp_group, dp_rank
+
+
+def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
+             quiet: bool = False) -> TrainResult:
+    """The ``--hf`` run of :func:`seqpar.train.loop.train` (same result type)."""
+    import seqpar.hf as sh
+
+    device = device or torch.device("cpu")
+    grouped = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if grouped else (0, 1)
+    tokenizer = _tokenizer(cfg.hf)
+    dataset = HFTextDataset(split_data_paths(cfg.data), cfg.seq_len, tokenizer)
+    model, sp_group, dp_rank = build_hf(cfg, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+                                  weight_decay=cfg.weight_decay)
+    show = rank == 0 and not quiet
+    progress = Progress(steps=cfg.steps, start=0, end=cfg.steps,
+                        tokens_per_step=cfg.batch_size * cfg.seq_len, log_every=cfg.log_every,
+                        show=show, metrics=Metrics(cfg.metrics, rank, 0), chance=0.0)
+    n = sum(p.numel() for p in model.parameters())
+    progress.say(f"seqpar train: --hf {cfg.hf} ({model.config.model_type}, {n / 1e6:.2f}M "
+                 f"local params) | {cfg.parallel_dims().describe()} | world {world} on "
+                 f"{device.type} | data {cfg.data} | seq_len {cfg.seq_len} x batch "
+                 f"{cfg.batch_size} | {cfg.dtype}")
+    autocast = autocast_for(device, cfg.torch_dtype)
+    rows = cfg.batch_size // cfg.dp
+    for step in range(cfg.steps):
+        progress.step_started()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        tokens, positions = dataset.batch(step, cfg.batch_size, cfg.seed)
+        # (B, L) -> (B/dp, L): this dp replica's rows
+        tokens = tokens[dp_rank * rows:(dp_rank + 1) * rows]
+        positions = positions[dp_rank * rows:(dp_rank + 1) * rows]
+        batch = sh.shard_batch(tokens, group=sp_group, layout=cfg.layout,
+                               position_ids=positions if cfg.documents else None).to(device)
+        with autocast:
+            logits = model(**batch.model_kwargs()).logits
+        out = sh.loss(logits, batch.labels, group=None)  # None: the world (dp x sp)
+        out.backward_loss.backward()
+        limit = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step_done(step, StepOutput(loss=out.loss, accuracy=out.accuracy,
+                                            tokens=out.tokens, grad_norm=float(norm), lr=lr),
+                           device)
+    result = progress.finish(device, world)
+    if cfg.save_hf:
+        sh.save_weights(model, cfg.save_hf)  # collective; rank 0 writes
+        if rank == 0:
+            tokenizer.save_pretrained(cfg.save_hf)
+            model.config.save_pretrained(cfg.save_hf)
+        progress.say(f"saved a Hugging Face folder to {cfg.save_hf}")
+        if grouped:
+            dist.barrier()
+    return result
