@@ -91,6 +91,24 @@ def test_sp4_matches_sp1_and_export_reloads(folder, tmp_path):
                                rtol=1e-4, atol=1e-5)
 
 
+def test_resume_continues_the_same_run(folder, tmp_path):
+    """3 steps vs 2 steps + resume on another sp: the third loss is the same (with
+    --warmup 1 the LR of steps 0-1 does not depend on --steps)."""
+    common = ["--hf", str(folder / "model"), "--data", str(folder / "a.jsonl"), "--seq-len",
+              "32", "--batch-size", "2", "--steps", "3", "--lr", "1e-2", "--warmup", "1",
+              "--dtype", "float32", "--nproc", "2", "--sp", "2"]
+    full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
+    assert main(common + ["--metrics", str(full)]) == 0
+    ckpt = tmp_path / "ckpt"
+    assert main(common + ["--steps", "2", "--checkpoint-dir", str(ckpt)]) == 0
+    assert (ckpt / "step-00000002" / ".metadata").exists()
+    assert main(common[:-4] + ["--nproc", "1", "--checkpoint-dir", str(ckpt), "--resume",
+                               "--metrics", str(part)]) == 0
+    resumed = [json.loads(x) for x in part.read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [3]
+    torch.testing.assert_close(resumed[0]["loss"], _losses(full)[2], rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--data", "passkey"], "--hf needs text data"),
     (["--seq-len", "30", "--sp", "4", "--nproc", "4"], "needs seq_len divisible by 8"),

@@ -8,8 +8,12 @@ sharded with FSDP2 over dp x sp, materialised with ``to_empty`` and filled by
 the model tokenizer's packed documents (:mod:`.hf_data`).
 
 Not wired yet (refused in :func:`preflight_hf` with one line, never silently):
-``--tp > 1``, ``--strategy hybrid``, ``--no-fsdp`` with several ranks,
-``--checkpoint-dir`` / ``--resume``.
+``--tp > 1``, ``--strategy hybrid``, ``--no-fsdp`` with several ranks.
+
+Checkpoints are the native loop's (:mod:`.checkpoint`: DCP of model + AdamW state +
+step, atomic, reshardable over dp x sp) through a small handle with the fields
+it reads; batches are a pure function of ``(seed, step)``, so resuming needs
+nothing else.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .hf_data import HFTextDataset, split_data_paths
+from .preflight import resume_target
 from .progress import Metrics, Progress, TrainResult
+from .resume import resolve_resume
 from .step import StepOutput, autocast_for, lr_at
 
 
@@ -53,8 +60,6 @@ def preflight_hf(cfg: TrainConfig, world: int) -> None:
         bad.append("--strategy hybrid is not wired into `seqpar train --hf` yet")
     if not cfg.fsdp and world > 1:
         bad.append("--no-fsdp is not supported with --hf on several ranks")
-    if cfg.checkpoint_dir or cfg.resume:
-        bad.append("--checkpoint-dir / --resume are not wired into `seqpar train --hf` yet")
     if bad:
         raise ValueError("; ".join(bad))
     for p in split_data_paths(cfg.data):
@@ -65,6 +70,7 @@ def preflight_hf(cfg: TrainConfig, world: int) -> None:
                             ffn_dim=getattr(config, "intermediate_size", None))
     cfg.parallel_dims().validate(world, model=shape, seq_len=cfg.seq_len,
                                  batch_size=cfg.batch_size)
+    resume_target(cfg)  # --resume without a checkpoint: one line here, not in the ranks
 
 
 def build_hf(cfg: TrainConfig, device: torch.device):
@@ -90,7 +96,8 @@ def build_hf(cfg: TrainConfig, device: torch.device):
     sh.load_weights(model, cfg.hf)
     model.train()
     dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
-    return model, sp_group, dp_rank
+    handle = SimpleNamespace(model=model, tp_plan={}, dims=SimpleNamespace(tp=1), mesh=mesh)
+    return model, sp_group, dp_rank, handle
 
 
 def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
@@ -103,14 +110,20 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
     rank, world = (dist.get_rank(), dist.get_world_size()) if grouped else (0, 1)
     tokenizer = _tokenizer(cfg.hf)
     dataset = HFTextDataset(split_data_paths(cfg.data), cfg.seq_len, tokenizer)
-    model, sp_group, dp_rank = build_hf(cfg, device)
+    resume = resolve_resume(cfg.resume, cfg.checkpoint_dir)  # before any collective
+    model, sp_group, dp_rank, handle = build_hf(cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
                                   weight_decay=cfg.weight_decay)
     show = rank == 0 and not quiet
-    progress = Progress(steps=cfg.steps, start=0, end=cfg.steps,
+    for note in resume.notes if show else ():
+        print(note, flush=True)
+    start = load_checkpoint(resume.path, handle, optimizer) if resume.path is not None else 0
+    progress = Progress(steps=cfg.steps, start=start, end=cfg.steps,
                         tokens_per_step=cfg.batch_size * cfg.seq_len, log_every=cfg.log_every,
-                        show=show, metrics=Metrics(cfg.metrics, rank, 0), chance=0.0)
+                        show=show, metrics=Metrics(cfg.metrics, rank, start), chance=0.0)
+    if resume.path is not None:
+        progress.say(f"resumed from {resume.path} at step {start}")
     n = sum(p.numel() for p in model.parameters())
     progress.say(f"seqpar train: --hf {cfg.hf} ({model.config.model_type}, {n / 1e6:.2f}M "
                  f"local params) | {cfg.parallel_dims().describe()} | world {world} on "
@@ -118,7 +131,8 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
                  f"{cfg.batch_size} | {cfg.dtype}")
     autocast = autocast_for(device, cfg.torch_dtype)
     rows = cfg.batch_size // cfg.dp
-    for step in range(cfg.steps):
+    saved = start if resume.path is not None else None
+    for step in range(start, cfg.steps):
         progress.step_started()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
@@ -141,6 +155,10 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
         progress.step_done(step, StepOutput(loss=out.loss, accuracy=out.accuracy,
                                             tokens=out.tokens, grad_norm=float(norm), lr=lr),
                            device)
+        if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            saved = _save(cfg, step + 1, handle, optimizer, progress)
+    if cfg.checkpoint_dir and cfg.steps > start and saved != cfg.steps:
+        _save(cfg, cfg.steps, handle, optimizer, progress)
     result = progress.finish(device, world)
     if cfg.save_hf:
         sh.save_weights(model, cfg.save_hf)  # collective; rank 0 writes
@@ -151,3 +169,10 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
         if grouped:
             dist.barrier()
     return result
+
+
+def _save(cfg: TrainConfig, step: int, handle, optimizer, progress: Progress) -> int:
+    path = save_checkpoint(cfg.checkpoint_dir, step, handle, optimizer,
+                           keep=cfg.keep_checkpoints)
+    progress.say(f"saved {path}")
+    return step
