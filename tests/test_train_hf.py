@@ -71,10 +71,14 @@ def test_sp4_matches_sp1_and_export_reloads(folder, tmp_path):
     export = tmp_path / "export"
     assert main(common + ["--nproc", "4", "--sp", "4", "--metrics", str(m4),
                           "--save-hf", str(export)]) == 0
-    one, four = _losses(m1), _losses(m4)
+    mtp = tmp_path / "mtp.jsonl"  # TP-SP + recomputation: still the same losses
+    assert main(common + ["--nproc", "4", "--sp", "2", "--tp", "2", "--metrics", str(mtp),
+                          "--activation-checkpointing"]) == 0
+    one, four, tp = _losses(m1), _losses(m4), _losses(mtp)
     assert len(one) == 3 and one[0] > 0
-    torch.testing.assert_close(torch.tensor(four, dtype=torch.float64),
-                               torch.tensor(one, dtype=torch.float64), rtol=1e-5, atol=0)
+    for other in (four, tp):
+        torch.testing.assert_close(torch.tensor(other, dtype=torch.float64),
+                                   torch.tensor(one, dtype=torch.float64), rtol=1e-5, atol=0)
     assert one[-1] != one[0]  # the weights moved
     # the export is a normal HF folder; its weights differ from the start
     again = AutoModelForCausalLM.from_pretrained(export)
@@ -112,7 +116,7 @@ def test_resume_continues_the_same_run(folder, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--data", "passkey"], "--hf needs text data"),
     (["--seq-len", "30", "--sp", "4", "--nproc", "4"], "needs seq_len divisible by 8"),
-    (["--tp", "2", "--nproc", "2"], "tensor parallelism is not wired"),
+    (["--strategy", "hybrid", "--nproc", "4", "--sp", "4"], "hybrid is not wired"),
     (["--data", "nowhere.txt"], "data file 'nowhere.txt' does not exist"),
 ])
 def test_bad_inputs_are_one_line_errors(folder, capfd, extra, message):

@@ -8,12 +8,14 @@ sharded with FSDP2 over dp x sp, materialised with ``to_empty`` and filled by
 the model tokenizer's packed documents (:mod:`.hf_data`).
 
 Not wired yet (refused in :func:`preflight_hf` with one line, never silently):
-``--tp > 1``, ``--strategy hybrid``, ``--no-fsdp`` with several ranks.
+``--strategy hybrid``.
 
 Checkpoints are the native loop's (:mod:`.checkpoint`: DCP of model + AdamW state +
-step, atomic, reshardable over dp x sp) through a small handle with the fields
-it reads; batches are a pure function of ``(seed, step)``, so resuming needs
-nothing else.
+step, atomic, reshardable over dp x sp x tp) through the same
+:class:`~seqpar.parallel.Parallelized` handle, whose tp plan is the
+``{param: dim}`` of :func:`seqpar.hf.apply_tensor_parallel`; gradient sync and
+clipping are the native ones (:mod:`seqpar.parallel.gradients`). Batches are a
+pure function of ``(seed, step)``, so resuming needs nothing else.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
+from ..parallel import Parallelized, clip_grad_norm, sync_gradients
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .hf_data import HFTextDataset, split_data_paths
 from .preflight import resume_target
 from .progress import Metrics, Progress, TrainResult
 from .resume import resolve_resume
-from .step import StepOutput, autocast_for, lr_at
+from .step import StepOutput, autocast_for, lr_at, make_optimizer
 
 
 def _tokenizer(path: str):
@@ -53,13 +56,8 @@ def preflight_hf(cfg: TrainConfig, world: int) -> None:
     config = sh.check_model_folder(cfg.hf)
     sh.check_tokenizer(_tokenizer(cfg.hf), config)
     bad = []
-    if (cfg.tp or 1) > 1:
-        bad.append(f"--tp {cfg.tp}: tensor parallelism is not wired into `seqpar train --hf` "
-                   "yet (use sp/dp)")
     if cfg.strategy == "hybrid":
         bad.append("--strategy hybrid is not wired into `seqpar train --hf` yet")
-    if not cfg.fsdp and world > 1:
-        bad.append("--no-fsdp is not supported with --hf on several ranks")
     if bad:
         raise ValueError("; ".join(bad))
     for p in split_data_paths(cfg.data):
@@ -73,9 +71,10 @@ def preflight_hf(cfg: TrainConfig, world: int) -> None:
     resume_target(cfg)  # --resume without a checkpoint: one line here, not in the ranks
 
 
-def build_hf(cfg: TrainConfig, device: torch.device):
-    """``(model, sp_group, tokenizer)``: the folder's model, seqpar attention over the
-    sp mesh, FSDP2 over dp x sp, weights loaded shard by shard."""
+def build_hf(cfg: TrainConfig, device: torch.device) -> Parallelized:
+    """The folder's model as a :class:`~seqpar.parallel.Parallelized` handle: seqpar
+    attention over the sp group, TP-SP over tp (its ``{param: dim}`` is the handle's
+    tp plan), FSDP2 over dp x sp, weights read shard by shard."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     import seqpar.hf as sh
@@ -85,19 +84,21 @@ def build_hf(cfg: TrainConfig, device: torch.device):
         model = AutoModelForCausalLM.from_config(config, attn_implementation="seqpar",
                                                  torch_dtype=torch.float32)
     grouped = dist.is_available() and dist.is_initialized()
-    mesh = cfg.parallel_dims().build_mesh(device.type) if grouped else None
-    sp_group = mesh["sp"] if mesh is not None else None
-    sh.apply(model, group=sp_group, strategy=cfg.strategy, layout=cfg.layout)
+    dims = cfg.parallel_dims()
+    mesh = dims.build_mesh(device.type) if grouped else None
+    par = Parallelized(model=model, dims=dims, mesh=mesh, fsdp=cfg.fsdp and mesh is not None)
+    sh.apply(model, group=par.sp_mesh, strategy=cfg.strategy, layout=cfg.layout)
+    tp_group = par.group("tp")
+    if dims.tp > 1:
+        par.tp_plan = sh.apply_tensor_parallel(model, tp_group)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if mesh is not None and cfg.fsdp:
-        sh.fully_shard_model(model, mesh["dp_sp"], param_dtype=cfg.torch_dtype)
+    if par.fsdp:
+        sh.fully_shard_model(model, par.submesh("dp_sp"), param_dtype=cfg.torch_dtype)
     model.to_empty(device=device)
-    sh.load_weights(model, cfg.hf)
+    sh.load_weights(model, cfg.hf, tp_sharded=par.tp_plan, tp_group=tp_group)
     model.train()
-    dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
-    handle = SimpleNamespace(model=model, tp_plan={}, dims=SimpleNamespace(tp=1), mesh=mesh)
-    return model, sp_group, dp_rank, handle
+    return par
 
 
 def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
@@ -111,14 +112,13 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
     tokenizer = _tokenizer(cfg.hf)
     dataset = HFTextDataset(split_data_paths(cfg.data), cfg.seq_len, tokenizer)
     resume = resolve_resume(cfg.resume, cfg.checkpoint_dir)  # before any collective
-    model, sp_group, dp_rank, handle = build_hf(cfg, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-                                  weight_decay=cfg.weight_decay)
+    par = build_hf(cfg, device)
+    model, dp_rank, tp_group = par.model, par.local_rank("dp"), par.group("tp")
+    optimizer = make_optimizer(par, cfg)
     show = rank == 0 and not quiet
     for note in resume.notes if show else ():
         print(note, flush=True)
-    start = load_checkpoint(resume.path, handle, optimizer) if resume.path is not None else 0
+    start = load_checkpoint(resume.path, par, optimizer) if resume.path is not None else 0
     progress = Progress(steps=cfg.steps, start=start, end=cfg.steps,
                         tokens_per_step=cfg.batch_size * cfg.seq_len, log_every=cfg.log_every,
                         show=show, metrics=Metrics(cfg.metrics, rank, start), chance=0.0)
@@ -141,27 +141,27 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
         # (B, L) -> (B/dp, L): this dp replica's rows
         tokens = tokens[dp_rank * rows:(dp_rank + 1) * rows]
         positions = positions[dp_rank * rows:(dp_rank + 1) * rows]
-        batch = sh.shard_batch(tokens, group=sp_group, layout=cfg.layout,
+        batch = sh.shard_batch(tokens, group=par.sp_mesh, layout=cfg.layout, tp_group=tp_group,
                                position_ids=positions if cfg.documents else None).to(device)
         with autocast:
             logits = model(**batch.model_kwargs()).logits
         out = sh.loss(logits, batch.labels, group=None)  # None: the world (dp x sp)
         out.backward_loss.backward()
-        limit = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, limit)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        sync_gradients(par)  # tp: replicated parameters summed over tp too
+        norm = clip_grad_norm(par, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         progress.step_done(step, StepOutput(loss=out.loss, accuracy=out.accuracy,
                                             tokens=out.tokens, grad_norm=float(norm), lr=lr),
                            device)
         if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            saved = _save(cfg, step + 1, handle, optimizer, progress)
+            saved = _save(cfg, step + 1, par, optimizer, progress)
     if cfg.checkpoint_dir and cfg.steps > start and saved != cfg.steps:
-        _save(cfg, cfg.steps, handle, optimizer, progress)
+        _save(cfg, cfg.steps, par, optimizer, progress)
     result = progress.finish(device, world)
     if cfg.save_hf:
-        sh.save_weights(model, cfg.save_hf)  # collective; rank 0 writes
+        # collective; rank 0 writes
+        sh.save_weights(model, cfg.save_hf, tp_sharded=par.tp_plan, tp_group=tp_group)
         if rank == 0:
             tokenizer.save_pretrained(cfg.save_hf)
             model.config.save_pretrained(cfg.save_hf)
@@ -171,8 +171,8 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
     return result
 
 
-def _save(cfg: TrainConfig, step: int, handle, optimizer, progress: Progress) -> int:
-    path = save_checkpoint(cfg.checkpoint_dir, step, handle, optimizer,
+def _save(cfg: TrainConfig, step: int, par: Parallelized, optimizer, progress: Progress) -> int:
+    path = save_checkpoint(cfg.checkpoint_dir, step, par, optimizer,
                            keep=cfg.keep_checkpoints)
     progress.say(f"saved {path}")
     return step
