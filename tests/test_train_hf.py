@@ -137,3 +137,5 @@ def test_bad_folders_are_one_line_errors(folder, tmp_path, capfd):
         assert main(["--hf", str(path), "--data", str(folder / "b.txt"), "--nproc", "1"]) == 2
         err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    assert main(["--save-hf", str(tmp_path / "x"), "--nproc", "1"]) == 2
+    assert "exports a --hf model" in capfd.readouterr().err

@@ -90,6 +90,8 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
 
         preflight_hf(cfg, world)
         return None
+    if cfg.save_hf:
+        raise ValueError(f"--save-hf {cfg.save_hf} exports a --hf model; pass --hf PATH")
     check_values(cfg)
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
