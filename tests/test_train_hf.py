@@ -67,16 +67,20 @@ def test_sp4_matches_sp1_and_export_reloads(folder, tmp_path):
               "--steps", "3", "--lr", "1e-2", "--warmup", "1", "--log-every", "1",
               "--dtype", "float32", "--strategy", "ring", "--layout", "zigzag"]
     m1, m4 = tmp_path / "m1.jsonl", tmp_path / "m4.jsonl"
-    assert main(common + ["--nproc", "1", "--metrics", str(m1)]) == 0
+    export1 = tmp_path / "export1"
+    assert main(common + ["--nproc", "1", "--metrics", str(m1), "--save-hf", str(export1)]) == 0
     export = tmp_path / "export"
     assert main(common + ["--nproc", "4", "--sp", "4", "--metrics", str(m4),
                           "--save-hf", str(export)]) == 0
     mtp = tmp_path / "mtp.jsonl"  # TP-SP + recomputation: still the same losses
     assert main(common + ["--nproc", "4", "--sp", "2", "--tp", "2", "--metrics", str(mtp),
                           "--activation-checkpointing"]) == 0
+    mhy = tmp_path / "mhy.jsonl"  # hybrid ulysses=2 x ring=2, replicated (DDP-style)
+    assert main(common[:-4] + ["--strategy", "hybrid", "--layout", "zigzag", "--nproc", "4",
+                               "--sp", "4", "--no-fsdp", "--metrics", str(mhy)]) == 0
     one, four, tp = _losses(m1), _losses(m4), _losses(mtp)
     assert len(one) == 3 and one[0] > 0
-    for other in (four, tp):
+    for other in (four, tp, _losses(mhy)):
         torch.testing.assert_close(torch.tensor(other, dtype=torch.float64),
                                    torch.tensor(one, dtype=torch.float64), rtol=1e-5, atol=0)
     assert one[-1] != one[0]  # the weights moved
@@ -86,21 +90,19 @@ def test_sp4_matches_sp1_and_export_reloads(folder, tmp_path):
     assert AutoTokenizer.from_pretrained(export).eos_token == "[EOS]"
     ids = torch.randint(0, WORDS, (1, 16))
     assert not torch.allclose(again(input_ids=ids).logits, start(input_ids=ids).logits)
-    # and the exported weights are the trained ones: a 1-rank run of the same steps
-    # exports the same model (within fp32 summation-order noise)
-    export1 = tmp_path / "export1"
-    assert main(common + ["--nproc", "1", "--save-hf", str(export1)]) == 0
+    # and the exported weights are the trained ones: the 1-rank run of the same steps
+    # exported the same model (within fp32 summation-order noise)
     ref = AutoModelForCausalLM.from_pretrained(export1)
     torch.testing.assert_close(again(input_ids=ids).logits, ref(input_ids=ids).logits,
                                rtol=1e-4, atol=1e-5)
 
 
 def test_resume_continues_the_same_run(folder, tmp_path):
-    """3 steps vs 2 steps + resume on another sp: the third loss is the same (with
-    --warmup 1 the LR of steps 0-1 does not depend on --steps)."""
+    """dp=2 (FSDP over dp): 3 steps vs 2 steps + resume in 1 process: the third loss is
+    the same (with --warmup 1 the LR of steps 0-1 does not depend on --steps)."""
     common = ["--hf", str(folder / "model"), "--data", str(folder / "a.jsonl"), "--seq-len",
               "32", "--batch-size", "2", "--steps", "3", "--lr", "1e-2", "--warmup", "1",
-              "--dtype", "float32", "--nproc", "2", "--sp", "2"]
+              "--dtype", "float32", "--nproc", "2", "--dp", "2"]
     full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
     assert main(common + ["--metrics", str(full)]) == 0
     ckpt = tmp_path / "ckpt"
@@ -116,7 +118,7 @@ def test_resume_continues_the_same_run(folder, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--data", "passkey"], "--hf needs text data"),
     (["--seq-len", "30", "--sp", "4", "--nproc", "4"], "needs seq_len divisible by 8"),
-    (["--strategy", "hybrid", "--nproc", "4", "--sp", "4"], "hybrid is not wired"),
+    (["--strategy", "ulysses", "--nproc", "8", "--sp", "8"], "n_heads/tp = 4/1 = 4"),
     (["--data", "nowhere.txt"], "data file 'nowhere.txt' does not exist"),
 ])
 def test_bad_inputs_are_one_line_errors(folder, capfd, extra, message):

@@ -7,9 +7,6 @@ sharded with FSDP2 over dp x sp, materialised with ``to_empty`` and filled by
 :func:`seqpar.hf.load_weights` (each rank reads only its shard), and batches are
 the model tokenizer's packed documents (:mod:`.hf_data`).
 
-Not wired yet (refused in :func:`preflight_hf` with one line, never silently):
-``--strategy hybrid``.
-
 Checkpoints are the native loop's (:mod:`.checkpoint`: DCP of model + AdamW state +
 step, atomic, reshardable over dp x sp x tp) through the same
 :class:`~seqpar.parallel.Parallelized` handle, whose tp plan is the
@@ -55,11 +52,6 @@ def preflight_hf(cfg: TrainConfig, world: int) -> None:
     check_values(cfg)
     config = sh.check_model_folder(cfg.hf)
     sh.check_tokenizer(_tokenizer(cfg.hf), config)
-    bad = []
-    if cfg.strategy == "hybrid":
-        bad.append("--strategy hybrid is not wired into `seqpar train --hf` yet")
-    if bad:
-        raise ValueError("; ".join(bad))
     for p in split_data_paths(cfg.data):
         if not Path(p).exists():
             raise ValueError(f"data file {p!r} does not exist")
