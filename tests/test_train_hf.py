@@ -141,3 +141,19 @@ def test_bad_folders_are_one_line_errors(folder, tmp_path, capfd):
         assert len(err) == 1 and message in err[0], err
     assert main(["--save-hf", str(tmp_path / "x"), "--nproc", "1"]) == 2
     assert "exports a --hf model" in capfd.readouterr().err
+
+
+def test_parquet_needs_pyarrow_or_reads_the_text_column(tmp_path):
+    from seqpar.train.hf_data import read_texts
+
+    path = tmp_path / "d.parquet"
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        path.write_bytes(b"PAR1")
+        with pytest.raises(ValueError, match="reading .parquet needs pyarrow"):
+            read_texts([str(path)])
+        return
+    pq.write_table(pa.table({"text": ["w1 w2", "w3"]}), path)
+    assert read_texts([str(path)]) == ["w1 w2", "w3"]
