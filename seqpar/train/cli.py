@@ -61,6 +61,9 @@ _HELP = {
     "activation_checkpointing": "recompute each block in backward",
     "log_every": "progress line every N steps (every step on a terminal)",
     "keep_checkpoints": "keep the newest N checkpoints",
+    "hf": "fine-tune a local Hugging Face causal LM folder (config.json, safetensors, "
+          "tokenizer; needs --data text files; see docs/hf.md)",
+    "save_hf": "with --hf: write the trained model as a Hugging Face folder here at the end",
 }
 
 

@@ -51,6 +51,8 @@ class TrainConfig:
     activation_checkpointing: bool = False
     log_every: int = 10
     keep_checkpoints: int = 2
+    hf: str | None = None
+    save_hf: str | None = None
 
     @classmethod
     def keys(cls) -> list[str]:

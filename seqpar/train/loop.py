@@ -75,6 +75,10 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     Raises :class:`~seqpar.train.preemption.Preempted` (a ``SystemExit`` with
     code 143 / 130) after saving when SIGTERM / SIGINT stopped the run.
     """
+    if cfg.hf:
+        from .hf_train import train_hf
+
+        return train_hf(cfg, device=device, quiet=quiet)
     rank, world = _world()
     device = device or torch.device("cpu")
     resume = resolve_resume(cfg.resume, cfg.checkpoint_dir)  # ValueError before any collective

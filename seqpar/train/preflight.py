@@ -85,6 +85,13 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     from ..data import make_dataset
     from ..models import model_config
 
+    if cfg.hf:
+        from .hf_train import preflight_hf
+
+        preflight_hf(cfg, world)
+        return None
+    if cfg.save_hf:
+        raise ValueError(f"--save-hf {cfg.save_hf} exports a --hf model; pass --hf PATH")
     check_values(cfg)
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
