@@ -61,6 +61,7 @@ _HELP = {
     "activation_checkpointing": "recompute each block in backward",
     "log_every": "progress line every N steps (every step on a terminal)",
     "keep_checkpoints": "keep the newest N checkpoints",
+    "vocab_size": "model embedding/head rows (>= the data's vocabulary; default: the data's)",
 }
 
 

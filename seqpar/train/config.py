@@ -51,6 +51,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     log_every: int = 10
     keep_checkpoints: int = 2
+    vocab_size: int | None = None
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -109,6 +110,16 @@ class TrainConfig:
 
         return ParallelDims(dp=self.dp, sp=self.sp, tp=self.tp, strategy=self.strategy,
                             layout=self.layout, ulysses=self.ulysses, ring=self.ring)
+
+    def model_vocab(self, data_vocab: int) -> int:
+        """The model's embedding/head size: ``vocab_size`` when given (the data keeps its
+        token ids, so it must be at least the data's vocabulary), else the data's."""
+        if self.vocab_size is None:
+            return data_vocab
+        if self.vocab_size < data_vocab:
+            raise ValueError(f"--vocab-size {self.vocab_size} is smaller than the data's "
+                             f"vocabulary ({data_vocab} token ids for --data {self.data})")
+        return self.vocab_size
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -20,7 +20,7 @@ _RANGES = [("steps", 1, True), ("batch_size", 1, True), ("seq_len", 1, True),
            ("weight_decay", 0, True), ("grad_clip", 0, True), ("checkpoint_every", 0, True),
            ("log_every", 1, True), ("keep_checkpoints", 1, True), ("nproc", 1, True),
            ("dp", 1, True), ("sp", 1, True), ("tp", 1, True), ("ulysses", 1, True),
-           ("ring", 1, True)]
+           ("ring", 1, True), ("vocab_size", 1, True)]
 
 
 def check_values(cfg: TrainConfig) -> None:
@@ -88,9 +88,11 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     check_values(cfg)
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
+    vocab = cfg.model_vocab(dataset.vocab_size)
+    mcfg = model_config(cfg.model, vocab_size=vocab)
     cfg.parallel_dims().validate(world, model=mcfg, seq_len=cfg.seq_len,
                                  batch_size=cfg.batch_size)
     target = resume_target(cfg)
     if target is not None:
-        check_checkpoint_model(target, cfg, dataset.vocab_size)
+        check_checkpoint_model(target, cfg, vocab)
     return target
