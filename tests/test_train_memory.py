@@ -35,3 +35,83 @@ def test_vocab_size_below_the_data_is_refused(capsys):
     assert "--vocab-size 100 is smaller than the data's vocabulary (264" in err, err
     with pytest.raises(ValueError, match="--vocab-size must be >= 1, got 0"):
         preflight(TrainConfig(vocab_size=0).resolve(1, cuda=False), 1)
+
+
+# ------------------------------------------------------------------ parity (issue 13)
+#
+# CPU, fp32, ``tiny`` with --vocab-size 4096: each memory option on gives the same
+# per-step losses and step-1 gradients (1e-5 relative) as all options off (the
+# one-process run without torch.distributed). Trimmed grid to stay ~1 minute on two
+# busy cores: every option alone at sp=1 (no group) and at sp=2 ring + FSDP2 (plus
+# --offload-optimizer, which needs FSDP2); at sp=4 ring, ulysses and allgather each
+# with all activation options combined (loss chunk, MLP tiles, offload of layer 0).
+
+PARITY = dict(seq_len=64, batch_size=2, steps=3, lr=3e-3, warmup=1, log_every=10**6,
+              data="passkey", vocab_size=4096)
+TOL = 1e-5
+ALONE = [dict(loss_chunk=24), dict(mlp_chunk=8), dict(activation_checkpointing="selective"),
+         dict(activation_checkpointing="offload"),
+         dict(activation_checkpointing="offload", offload_layers=1)]
+COMBINED = dict(loss_chunk=40, mlp_chunk=8, activation_checkpointing="offload",
+                offload_layers=1)
+
+
+class _FirstGrads:
+    def __init__(self):
+        self.grads = None
+
+    def __call__(self, step, par):
+        if step == 0:
+            self.grads = par.full_gradients()
+
+
+def _run(world: int, **kw) -> tuple[list[float], dict]:
+    probe = _FirstGrads()
+    cfg = TrainConfig(**{**PARITY, "dp": 1, "sp": world, "tp": 1, **kw})
+    losses = train(cfg.resolve(world, cuda=False), quiet=True, on_gradients=probe).losses
+    return losses, probe.grads
+
+
+def _compare(name: str, got, ref) -> list[str]:
+    (losses, grads), (ref_losses, ref_grads) = got, ref
+    bad = []
+    worst = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
+    if len(losses) != len(ref_losses) or not worst <= TOL:
+        bad.append(f"{name}: loss rel err {worst:.3g}: {losses} vs {ref_losses}")
+    if sorted(grads) != sorted(ref_grads):
+        return bad + [f"{name}: gradient names differ"]
+    for key, want in ref_grads.items():
+        err = ((grads[key] - want).norm() / want.norm()).item()
+        if not err <= TOL:
+            bad.append(f"{name}: step-1 grad of {key} rel err {err:.3g}")
+    return bad
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _run(1, fsdp=False)
+
+
+def test_each_option_alone_one_process(reference):
+    bad = []
+    for case in ALONE:
+        bad += _compare(f"sp=1 {case}", _run(1, fsdp=False, **case), reference)
+    assert not bad, "\n".join(bad)
+
+
+def _grid(rank, world, reference, cases):
+    bad = []
+    for case in cases:
+        bad += _compare(f"world={world} {case} (rank {rank})", _run(world, **case), reference)
+    assert not bad, "\n".join(bad)
+
+
+def test_parity_sp2_each_option(spawn, reference):
+    cases = [dict(strategy="ring", fsdp=True, **c) for c in ALONE]
+    cases.append(dict(strategy="ring", fsdp=True, offload_optimizer=True))
+    spawn(_grid, 2, reference, cases)
+
+
+def test_parity_sp4_strategies_combined(spawn, reference):
+    cases = [dict(strategy=s, fsdp=True, **COMBINED) for s in ("ring", "ulysses", "allgather")]
+    spawn(_grid, 4, reference, cases)

@@ -25,7 +25,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..launch import in_group, run_here, spawn, under_launcher
-from .config import DTYPES, TrainConfig
+from .config import AC_MODES, DTYPES, TrainConfig
 from .preflight import preflight
 
 _HELP = {
@@ -58,9 +58,15 @@ _HELP = {
     "weight_decay": "AdamW weight decay",
     "grad_clip": "clip the global gradient norm to this (0: off)",
     "fsdp": "FSDP2 (ZeRO-3) over dp x sp; --no-fsdp replicates parameters (DDP-style)",
-    "activation_checkpointing": "recompute each block in backward",
+    "activation_checkpointing": "none | full | selective | offload (bare flag: full; "
+                                "docs/memory.md)",
     "log_every": "progress line every N steps (every step on a terminal)",
     "keep_checkpoints": "keep the newest N checkpoints",
+    "loss_chunk": "tokens per chunk of the fused head + loss, no full logits (0: off)",
+    "mlp_chunk": "tokens per MLP tile (0: off; tp=1 only)",
+    "offload_layers": "with --activation-checkpointing offload: how many of the first "
+                      "layers offload (default all; the rest: full)",
+    "offload_optimizer": "FSDP2 CPU offload of parameters, gradients and optimizer state",
     "vocab_size": "model embedding/head rows (>= the data's vocabulary; default: the data's)",
 }
 
@@ -77,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "resume":
             p.add_argument(flag, nargs="?", const=True, metavar="PATH", help=_HELP[f.name])
+        elif f.name == "activation_checkpointing":
+            p.add_argument(flag, nargs="?", const="full", choices=AC_MODES, metavar="MODE",
+                           help=_HELP[f.name])
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const",
+                           const="none", help="same as --activation-checkpointing none")
         elif f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=_HELP[f.name])
         else:

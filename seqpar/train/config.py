@@ -9,6 +9,8 @@ import torch
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
+#: ``--activation-checkpointing`` modes (seqpar.memory.checkpointing.MODES).
+AC_MODES = ("none", "full", "selective", "offload")
 
 #: Accepted Python types per field annotation (the annotations are strings here).
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -48,10 +50,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     fsdp: bool = True
-    activation_checkpointing: bool = False
+    activation_checkpointing: str | bool = False
     log_every: int = 10
     keep_checkpoints: int = 2
     vocab_size: int | None = None
+    loss_chunk: int = 0
+    mlp_chunk: int = 0
+    offload_layers: int | None = None
+    offload_optimizer: bool = False
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -110,6 +116,12 @@ class TrainConfig:
 
         return ParallelDims(dp=self.dp, sp=self.sp, tp=self.tp, strategy=self.strategy,
                             layout=self.layout, ulysses=self.ulysses, ring=self.ring)
+
+    @property
+    def checkpointing_mode(self) -> str:
+        """``activation_checkpointing`` as a mode: True is "full", False "none"."""
+        ac = self.activation_checkpointing
+        return {True: "full", False: "none"}.get(ac, ac) if isinstance(ac, bool) else ac
 
     def model_vocab(self, data_vocab: int) -> int:
         """The model's embedding/head size: ``vocab_size`` when given (the data keeps its

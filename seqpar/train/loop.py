@@ -48,7 +48,9 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     with torch.device(device):
         model = build_model(mcfg)
     par = parallelize(model, dims, mesh, fsdp=cfg.fsdp,
-                      activation_checkpointing=cfg.activation_checkpointing,
+                      activation_checkpointing=cfg.checkpointing_mode,
+                      mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
+                      offload_optimizer=cfg.offload_optimizer,
                       param_dtype=cfg.torch_dtype)
     return par, dataset, mcfg
 
@@ -107,7 +109,8 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
             progress.step_started()
             out = train_step(par, optimizer, local_batch(cfg, dataset, par, step, device),
                              step=step, lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
-                             autocast=autocast, on_gradients=on_gradients)
+                             autocast=autocast, on_gradients=on_gradients,
+                             loss_chunk=cfg.loss_chunk)
             done = step + 1
             progress.step_done(step, out, device)
             stopped_by = stop.agreed(device)  # every rank stops after the same step
