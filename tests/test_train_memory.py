@@ -115,3 +115,38 @@ def test_parity_sp2_each_option(spawn, reference):
 def test_parity_sp4_strategies_combined(spawn, reference):
     cases = [dict(strategy=s, fsdp=True, **COMBINED) for s in ("ring", "ulysses", "allgather")]
     spawn(_grid, 4, reference, cases)
+
+
+# ------------------------------------------------------------------ --memory (planner)
+
+def test_memory_auto_and_manual_refusal():
+    from seqpar.train.memory_plan import plan_memory
+
+    def resolved(**kw):
+        return TrainConfig(model="1b", seq_len=131072, batch_size=1, sp=4, dtype="bf16",
+                           data="passkey", **kw).resolve(4, cuda=False)
+
+    # CPU: nothing planned, options unchanged
+    cpu = resolved(memory="auto")
+    assert "no GPU, planning skipped" in plan_memory([], cpu, cuda=False)
+    assert cpu.loss_chunk == 0 and cpu.checkpointing_mode == "none"
+    # manual with nothing on: refused before any allocation, naming peak and a fix
+    with pytest.raises(ValueError, match=r"will not fit: peak [\d.]+ GiB GPU of 16.0 GiB.*"
+                                         r"cheapest that fits: --loss-chunk"):
+        plan_memory([], resolved(), cuda=True, gpu_memory_gib=16)
+    # --force: runs, the header says so
+    assert "does not fit; --force" in plan_memory([], resolved(force=True), cuda=True,
+                                                  gpu_memory_gib=16)
+    # auto: the planner's choice is written into every config, and it fits
+    raw, res = TrainConfig(memory="auto"), resolved(memory="auto")
+    line = plan_memory([raw], res, cuda=True, gpu_memory_gib=16)
+    assert "(fits)" in line, line
+    keys = ("loss_chunk", "mlp_chunk", "activation_checkpointing", "offload_layers",
+            "offload_optimizer")
+    assert [getattr(raw, k) for k in keys] == [getattr(res, k) for k in keys]
+    assert res.mlp_chunk or res.loss_chunk or res.checkpointing_mode != "none", res
+    # ... and the chosen options pass a manual check
+    res.memory = "manual"
+    assert "predicted peak" in plan_memory([], res, cuda=True, gpu_memory_gib=16)
+    with pytest.raises(ValueError, match="--memory 'x'"):
+        plan_memory([], resolved(memory="x"), cuda=True, gpu_memory_gib=16)

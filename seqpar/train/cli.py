@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..launch import in_group, run_here, spawn, under_launcher
 from .config import AC_MODES, DTYPES, TrainConfig
+from .memory_plan import plan_memory
 from .preflight import preflight
 
 _HELP = {
@@ -67,6 +68,9 @@ _HELP = {
     "offload_layers": "with --activation-checkpointing offload: how many of the first "
                       "layers offload (default all; the rest: full)",
     "offload_optimizer": "FSDP2 CPU offload of parameters, gradients and optimizer state",
+    "memory": "manual (refuse a configuration the planner predicts will not fit the GPU) "
+              "or auto (the planner picks the memory options); docs/memory.md",
+    "force": "run a --memory manual configuration predicted not to fit",
     "vocab_size": "model embedding/head rows (>= the data's vocabulary; default: the data's)",
 }
 
@@ -196,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--nproc must be >= 1, got {cfg.nproc}")
         resolved = cfg.resolve(world, cuda=cuda)
         preflight(resolved, world)
+        header = plan_memory([cfg], resolved, cuda=cuda)
+        if header and os.environ.get("RANK", "0") == "0":
+            print(header, flush=True)
     except (ValueError, OSError) as exc:
         print(f"seqpar train: error: {exc}", file=sys.stderr)
         return 2

@@ -58,6 +58,8 @@ class TrainConfig:
     mlp_chunk: int = 0
     offload_layers: int | None = None
     offload_optimizer: bool = False
+    memory: str = "manual"
+    force: bool = False
 
     @classmethod
     def keys(cls) -> list[str]:
