@@ -150,3 +150,32 @@ def test_memory_auto_and_manual_refusal():
     assert "predicted peak" in plan_memory([], res, cuda=True, gpu_memory_gib=16)
     with pytest.raises(ValueError, match="--memory 'x'"):
         plan_memory([], resolved(memory="x"), cuda=True, gpu_memory_gib=16)
+
+
+# ------------------------------------------------------------------ options
+
+def test_checkpointing_flag_forms_and_toml(tmp_path):
+    from seqpar.train.cli import parse_config
+
+    assert parse_config(["--activation-checkpointing"]).checkpointing_mode == "full"
+    assert parse_config(["--no-activation-checkpointing"]).checkpointing_mode == "none"
+    assert parse_config([]).checkpointing_mode == "none"
+    cfg = parse_config(["--activation-checkpointing", "offload", "--offload-layers", "1",
+                        "--loss-chunk", "64", "--mlp-chunk", "32", "--offload-optimizer"])
+    assert (cfg.checkpointing_mode, cfg.offload_layers, cfg.loss_chunk, cfg.mlp_chunk,
+            cfg.offload_optimizer) == ("offload", 1, 64, 32, True)
+    for value, mode in (("true", "full"), ("false", "none"), ('"selective"', "selective")):
+        path = tmp_path / "c.toml"
+        path.write_text(f"activation_checkpointing = {value}\n")
+        assert parse_config(["--config", str(path)]).checkpointing_mode == mode
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--offload-layers", "1"], "--offload-layers 1 needs --activation-checkpointing offload"),
+    (["--loss-chunk", "64", "--tp", "2"], "--loss-chunk 64 needs tp=1 (got tp=2)"),
+    (["--mlp-chunk", "-1"], "--mlp-chunk must be >= 0, got -1"),
+    (["--offload-optimizer", "--no-fsdp"], "--offload-optimizer needs --fsdp"),
+])
+def test_bad_memory_options_before_spawning(argv, needle, capsys):
+    assert main([*argv, "--nproc", "2", "--seq-len", "64", "--batch-size", "2"]) == 2
+    assert needle in capsys.readouterr().err
