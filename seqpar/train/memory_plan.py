@@ -51,10 +51,13 @@ def set_memory_options(cfg: TrainConfig, mc, n_layers: int) -> None:
 
 
 def describe(mc, n_layers: int) -> str:
-    from ..memory.planner import config_dict
-
-    d = config_dict(mc, n_layers)
-    return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
+    """``mc`` as ``seqpar train`` options (the spelling preflight accepts)."""
+    cfg = TrainConfig()
+    set_memory_options(cfg, mc, n_layers)
+    keys = ("loss_chunk", "mlp_chunk", "activation_checkpointing", "offload_layers",
+            "offload_optimizer")
+    return ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in keys
+                     if getattr(cfg, k) is not None)
 
 
 def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
