@@ -31,6 +31,8 @@ AttentionFn = Callable[..., torch.Tensor]
 #: Packed documents: one int tensor of *global* boundaries per local sequence
 #: (``cu_seqlens``: first 0, last the global length L), or ``None``.
 Documents = list[torch.Tensor] | None
+#: ``head_loss(hidden (B, L, dim), head_weight (V, dim))`` -> anything (a loss output).
+HeadLoss = Callable[[torch.Tensor, torch.Tensor], object]
 
 
 @dataclass(frozen=True)
@@ -308,11 +310,14 @@ class Transformer(nn.Module):
             block.attention.attn_fn = attn_fn
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor,
-                documents: Documents = None) -> torch.Tensor:
+                documents: Documents = None, head_loss: HeadLoss | None = None):
         """``tokens (B, L)``, ``position_ids (L,)`` global positions -> ``(B, L, V)`` logits.
 
         ``documents``: packed data's global ``cu_seqlens``, one per local sequence;
-        attention never crosses a document boundary.
+        attention never crosses a document boundary. ``head_loss(hidden, head_weight)``
+        (e.g. a chunked loss that never builds the logits) replaces the head: its
+        result is returned. It runs inside this forward so the head weight is the
+        full one under FSDP2 (the callable, not the model, holds any process group).
         """
         if position_ids.dim() != 1 or position_ids.shape[0] != tokens.shape[1]:
             raise ValueError(f"position_ids must be (L,) = ({tokens.shape[1]},), "
@@ -321,6 +326,8 @@ class Transformer(nn.Module):
         rope = self.rope(position_ids)  # 2 x (L, head_dim)
         for block in self.layers:
             h = block(h, rope, documents=documents)
+        if head_loss is not None:
+            return head_loss(self.norm(h), self.output.weight)  # hidden (B, L, dim)
         return self.output(self.norm(h))  # (B, L, V)
 
 

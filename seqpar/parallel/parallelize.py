@@ -72,6 +72,8 @@ class Parallelized:
     fsdp: bool = False
     #: parameter name -> split dim of the dense weight, for every tp shard (from the types)
     tp_plan: TPPlan = field(default_factory=dict)
+    #: the ActivationOffload of offloaded layers (its ``stats``), else None
+    activation_offload: object | None = None
 
     def group(self, name: str) -> dist.ProcessGroup | None:
         """Process group of a mesh dim (``"dp"``, ``"sp"``, ``"tp"``, ``"dp_sp"``) or the
@@ -140,35 +142,51 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         block.forward = forward
 
 
-def apply_fsdp(model: nn.Module, mesh, param_dtype: torch.dtype | None = None) -> None:
+def apply_fsdp(model: nn.Module, mesh, param_dtype: torch.dtype | None = None, *,
+               offload_optimizer: bool = False) -> None:
     """FSDP2 (ZeRO-3) over a 1-D mesh: one unit per block plus the root.
 
     Gradients are SUMmed (divide factor 1: the loss is already normalized by
     the global token count) with sum-only collectives, which gloo needs too.
     ``param_dtype`` (e.g. bf16): parameters are all-gathered and used in that
     dtype, gradients reduced in fp32, the sharded master copy stays fp32.
+    ``offload_optimizer``: FSDP2's ``CPUOffloadPolicy`` (sharded parameters, gradients
+    and so the optimizer state live in host memory; the step runs on the CPU).
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) \
         if param_dtype not in (None, torch.float32) else MixedPrecisionPolicy()
     units = list(model.layers) + [model]
     for unit in units:
-        fully_shard(unit, mesh=mesh, mp_policy=mp)
+        if offload_optimizer:
+            # pinned host memory needs an accelerator; on a CPU mesh it is plain memory
+            pin = mesh.device_type != "cpu"
+            fully_shard(unit, mesh=mesh, mp_policy=mp,
+                        offload_policy=CPUOffloadPolicy(pin_memory=pin))
+        else:
+            fully_shard(unit, mesh=mesh, mp_policy=mp)
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)
 
 
 def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool = False,
-                activation_checkpointing: bool = False,
-                param_dtype: torch.dtype | None = None) -> Parallelized:
+                activation_checkpointing: bool | str = False,
+                param_dtype: torch.dtype | None = None, mlp_chunk: int = 0,
+                offload_layers: int | None = None,
+                offload_optimizer: bool = False) -> Parallelized:
     """Apply TP-SP, sequence-parallel attention, checkpointing and FSDP2/replication.
 
     ``mesh`` is ``dims.build_mesh(...)`` (or ``None`` for one process without
     torch.distributed). The model is changed in place and returned inside a
     :class:`Parallelized` handle. ``param_dtype`` is FSDP2's compute dtype for
     parameters (mixed precision); replicated parameters use autocast instead.
+    Memory options (docs/memory.md): ``activation_checkpointing`` True/"full",
+    "selective", "offload" (the first ``offload_layers`` layers, default all) or
+    False/"none"; ``mlp_chunk`` tokens per MLP tile (0: off; tp=1 only);
+    ``offload_optimizer``: FSDP2 CPU offload. ``par.activation_offload`` holds the
+    offload's statistics when a layer offloads.
     """
     cfg = getattr(model, "cfg", None)
     dims.validate(None if mesh is None else mesh.size(), model=cfg)
@@ -183,10 +201,23 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
     if mesh is not None and group_rank_size(par.group("sp"))[1] != dims.sp:
         raise ValueError(f"mesh sp size {group_rank_size(par.group('sp'))[1]} != sp={dims.sp}")
     model.set_attention(SequenceParallelAttention(dims.strategy, par.sp_mesh, dims.layout))
-    # 3. activation checkpointing
-    if activation_checkpointing:
+    # 3. tiled MLP and activation checkpointing (before fully_shard)
+    if mlp_chunk:
+        if dims.tp > 1:
+            raise ValueError(f"mlp chunk {mlp_chunk} needs tp=1 (got tp={dims.tp}): the "
+                             f"TP MLP's sequence reduce-scatter cannot run per tile")
+        from ..memory.tiled_mlp import apply_tiled_mlp
+        apply_tiled_mlp(model, mlp_chunk)
+    mode = {True: "full", False: "none"}.get(activation_checkpointing, activation_checkpointing)
+    if mode == "full" and offload_layers is None:
         apply_activation_checkpointing(model)
+    elif mode != "none" or offload_layers:
+        from ..memory.checkpointing import apply_activation_checkpointing as apply_modes
+        par.activation_offload = apply_modes(model, mode, offload_layers=offload_layers)
+    if offload_optimizer and not par.fsdp:
+        raise ValueError("offload optimizer needs FSDP2 over more than one rank "
+                         "(--fsdp and a process group)")
     # 4. FSDP2 over dp x sp (replicated params need no wrapping: gradients.sync_gradients)
     if par.fsdp:
-        apply_fsdp(model, par._dp_sp, param_dtype)
+        apply_fsdp(model, par._dp_sp, param_dtype, offload_optimizer=offload_optimizer)
     return par

@@ -25,7 +25,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..launch import in_group, run_here, spawn, under_launcher
-from .config import DTYPES, TrainConfig
+from .config import AC_MODES, DTYPES, TrainConfig
+from .memory_plan import plan_memory
 from .preflight import preflight
 
 _HELP = {
@@ -58,12 +59,22 @@ _HELP = {
     "weight_decay": "AdamW weight decay",
     "grad_clip": "clip the global gradient norm to this (0: off)",
     "fsdp": "FSDP2 (ZeRO-3) over dp x sp; --no-fsdp replicates parameters (DDP-style)",
-    "activation_checkpointing": "recompute each block in backward",
+    "activation_checkpointing": "none | full | selective | offload (bare flag: full; "
+                                "docs/memory.md)",
     "log_every": "progress line every N steps (every step on a terminal)",
     "keep_checkpoints": "keep the newest N checkpoints",
     "hf": "fine-tune a local Hugging Face causal LM folder (config.json, safetensors, "
           "tokenizer; needs --data text files; see docs/hf.md)",
     "save_hf": "with --hf: write the trained model as a Hugging Face folder here at the end",
+    "loss_chunk": "tokens per chunk of the fused head + loss, no full logits (0: off)",
+    "mlp_chunk": "tokens per MLP tile (0: off; tp=1 only)",
+    "offload_layers": "with --activation-checkpointing offload: how many of the first "
+                      "layers offload (default all; the rest: full)",
+    "offload_optimizer": "FSDP2 CPU offload of parameters, gradients and optimizer state",
+    "memory": "manual (refuse a configuration the planner predicts will not fit the GPU) "
+              "or auto (the planner picks the memory options); docs/memory.md",
+    "force": "run a --memory manual configuration predicted not to fit",
+    "vocab_size": "model embedding/head rows (>= the data's vocabulary; default: the data's)",
 }
 
 
@@ -79,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "resume":
             p.add_argument(flag, nargs="?", const=True, metavar="PATH", help=_HELP[f.name])
+        elif f.name == "activation_checkpointing":
+            p.add_argument(flag, nargs="?", const="full", choices=AC_MODES, metavar="MODE",
+                           help=_HELP[f.name])
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const",
+                           const="none", help="same as --activation-checkpointing none")
         elif f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=_HELP[f.name])
         else:
@@ -187,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--nproc must be >= 1, got {cfg.nproc}")
         resolved = cfg.resolve(world, cuda=cuda)
         preflight(resolved, world)
+        # the planner models the native --model shapes only (an --hf model: not yet)
+        header = "" if resolved.hf else plan_memory([cfg], resolved, cuda=cuda)
+        if header and os.environ.get("RANK", "0") == "0":
+            print(header, flush=True)
     except (ValueError, OSError) as exc:
         print(f"seqpar train: error: {exc}", file=sys.stderr)
         return 2

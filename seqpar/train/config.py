@@ -9,6 +9,8 @@ import torch
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
+#: ``--activation-checkpointing`` modes (seqpar.memory.checkpointing.MODES).
+AC_MODES = ("none", "full", "selective", "offload")
 
 #: Accepted Python types per field annotation (the annotations are strings here).
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -48,11 +50,18 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     fsdp: bool = True
-    activation_checkpointing: bool = False
+    activation_checkpointing: str | bool = False
     log_every: int = 10
     keep_checkpoints: int = 2
     hf: str | None = None
     save_hf: str | None = None
+    vocab_size: int | None = None
+    loss_chunk: int = 0
+    mlp_chunk: int = 0
+    offload_layers: int | None = None
+    offload_optimizer: bool = False
+    memory: str = "manual"
+    force: bool = False
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -111,6 +120,22 @@ class TrainConfig:
 
         return ParallelDims(dp=self.dp, sp=self.sp, tp=self.tp, strategy=self.strategy,
                             layout=self.layout, ulysses=self.ulysses, ring=self.ring)
+
+    @property
+    def checkpointing_mode(self) -> str:
+        """``activation_checkpointing`` as a mode: True is "full", False "none"."""
+        ac = self.activation_checkpointing
+        return {True: "full", False: "none"}.get(ac, ac) if isinstance(ac, bool) else ac
+
+    def model_vocab(self, data_vocab: int) -> int:
+        """The model's embedding/head size: ``vocab_size`` when given (the data keeps its
+        token ids, so it must be at least the data's vocabulary), else the data's."""
+        if self.vocab_size is None:
+            return data_vocab
+        if self.vocab_size < data_vocab:
+            raise ValueError(f"--vocab-size {self.vocab_size} is smaller than the data's "
+                             f"vocabulary ({data_vocab} token ids for --data {self.data})")
+        return self.vocab_size
 
     @property
     def torch_dtype(self) -> torch.dtype:

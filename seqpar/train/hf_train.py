@@ -50,6 +50,15 @@ def preflight_hf(cfg: TrainConfig, world: int) -> None:
     from .preflight import check_values
 
     check_values(cfg)
+    native_only = [flag for flag, on in (
+        ("--loss-chunk", cfg.loss_chunk), ("--mlp-chunk", cfg.mlp_chunk),
+        ("--vocab-size", cfg.vocab_size is not None), ("--offload-optimizer", cfg.offload_optimizer),
+        ("--memory auto", cfg.memory == "auto"),
+        (f"--activation-checkpointing {cfg.activation_checkpointing}",
+         cfg.activation_checkpointing in ("selective", "offload"))) if on]
+    if native_only:
+        raise ValueError(f"{', '.join(native_only)}: not wired for --hf models yet (native "
+                         f"--model only; see docs/hf.md)")
     config = sh.check_model_folder(cfg.hf)
     sh.check_tokenizer(_tokenizer(cfg.hf), config)
     for p in split_data_paths(cfg.data):

@@ -41,14 +41,16 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     dims = cfg.parallel_dims()
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
-    mcfg = model_config(cfg.model, vocab_size=dataset.vocab_size)
+    mcfg = model_config(cfg.model, vocab_size=cfg.model_vocab(dataset.vocab_size))
     dims.validate(world, model=mcfg, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
     mesh = dims.build_mesh(device.type) if dist.is_available() and dist.is_initialized() else None
     torch.manual_seed(cfg.seed)  # same weights on every rank (and in a 1-process run)
     with torch.device(device):
         model = build_model(mcfg)
     par = parallelize(model, dims, mesh, fsdp=cfg.fsdp,
-                      activation_checkpointing=cfg.activation_checkpointing,
+                      activation_checkpointing=cfg.checkpointing_mode,
+                      mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
+                      offload_optimizer=cfg.offload_optimizer,
                       param_dtype=cfg.torch_dtype)
     return par, dataset, mcfg
 
@@ -111,7 +113,8 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
             progress.step_started()
             out = train_step(par, optimizer, local_batch(cfg, dataset, par, step, device),
                              step=step, lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
-                             autocast=autocast, on_gradients=on_gradients)
+                             autocast=autocast, on_gradients=on_gradients,
+                             loss_chunk=cfg.loss_chunk)
             done = step + 1
             progress.step_done(step, out, device)
             stopped_by = stop.agreed(device)  # every rank stops after the same step

@@ -20,7 +20,8 @@ _RANGES = [("steps", 1, True), ("batch_size", 1, True), ("seq_len", 1, True),
            ("weight_decay", 0, True), ("grad_clip", 0, True), ("checkpoint_every", 0, True),
            ("log_every", 1, True), ("keep_checkpoints", 1, True), ("nproc", 1, True),
            ("dp", 1, True), ("sp", 1, True), ("tp", 1, True), ("ulysses", 1, True),
-           ("ring", 1, True)]
+           ("ring", 1, True), ("vocab_size", 1, True),
+           ("loss_chunk", 0, True), ("mlp_chunk", 0, True), ("offload_layers", 0, True)]
 
 
 def check_values(cfg: TrainConfig) -> None:
@@ -37,8 +38,30 @@ def check_values(cfg: TrainConfig) -> None:
         bad.append(f"--min-lr-ratio must be <= 1, got {cfg.min_lr_ratio}")
     if cfg.checkpoint_every and not cfg.checkpoint_dir:
         bad.append(f"--checkpoint-every {cfg.checkpoint_every} needs --checkpoint-dir")
+    bad += memory_problems(cfg)
     if bad:
         raise ValueError("; ".join(bad))
+
+
+def memory_problems(cfg: TrainConfig) -> list[str]:
+    """The memory options that do not compose with the rest (docs/memory.md)."""
+    from .config import AC_MODES
+
+    bad = []
+    mode = cfg.checkpointing_mode
+    if mode not in AC_MODES:
+        bad.append(f"--activation-checkpointing {mode!r}: choose one of {AC_MODES}")
+    if cfg.offload_layers and mode != "offload":
+        bad.append(f"--offload-layers {cfg.offload_layers} needs "
+                   f"--activation-checkpointing offload (got {mode})")
+    if (cfg.tp or 1) > 1:
+        for name in ("loss_chunk", "mlp_chunk"):
+            if getattr(cfg, name):
+                bad.append(f"--{name.replace('_', '-')} {getattr(cfg, name)} needs tp=1 "
+                           f"(got tp={cfg.tp}): the head / MLP is sharded under TP")
+    if cfg.offload_optimizer and not cfg.fsdp:
+        bad.append("--offload-optimizer needs --fsdp")
+    return bad
 
 
 def resume_target(cfg: TrainConfig) -> Path | None:
@@ -95,9 +118,11 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     check_values(cfg)
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
+    vocab = cfg.model_vocab(dataset.vocab_size)
+    mcfg = model_config(cfg.model, vocab_size=vocab)
     cfg.parallel_dims().validate(world, model=mcfg, seq_len=cfg.seq_len,
                                  batch_size=cfg.batch_size)
     target = resume_target(cfg)
     if target is not None:
-        check_checkpoint_model(target, cfg, dataset.vocab_size)
+        check_checkpoint_model(target, cfg, vocab)
     return target

@@ -19,7 +19,7 @@ import torch
 from ..data import LocalBatch
 from ..parallel import Parallelized, clip_grad_norm, sync_gradients
 from .config import TrainConfig
-from .loss import sp_exact_loss
+from .loss import LossOutput, sp_exact_loss
 
 #: ``on_gradients(step, par)``: sees the summed gradients before clipping (tests).
 GradientHook = Callable[[int, Parallelized], None]
@@ -60,16 +60,36 @@ def autocast_for(device: torch.device, dtype: torch.dtype) -> AbstractContextMan
     return torch.autocast(device.type, dtype=dtype)
 
 
+def chunked_head_loss(labels: torch.Tensor, group, chunk: int
+                      ) -> Callable[[torch.Tensor, torch.Tensor], LossOutput]:
+    """The model's ``head_loss``: the SP-exact loss of ``hidden @ head_weight^T``,
+    ``chunk`` tokens at a time (the process group stays out of the model)."""
+    from ..memory.chunked_loss import chunked_sp_exact_loss
+
+    def head_loss(hidden: torch.Tensor, weight: torch.Tensor) -> LossOutput:
+        return chunked_sp_exact_loss(hidden, weight, labels, group, chunk)
+
+    return head_loss
+
+
 def train_step(par: Parallelized, optimizer: torch.optim.Optimizer, batch: LocalBatch, *,
                step: int, lr: float, grad_clip: float,
                autocast: AbstractContextManager | None = None,
-               on_gradients: GradientHook | None = None) -> StepOutput:
-    """Run step ``step`` (0-based) on this rank's ``batch``; collective over every rank."""
+               on_gradients: GradientHook | None = None, loss_chunk: int = 0) -> StepOutput:
+    """Run step ``step`` (0-based) on this rank's ``batch``; collective over every rank.
+
+    ``loss_chunk > 0``: the head and the loss run fused, ``loss_chunk`` tokens at a
+    time, inside the model's forward (:func:`chunked_head_loss`): no full logits."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast if autocast is not None else nullcontext():
-        logits = par.model(batch.tokens, batch.position_ids, documents=batch.cu_seqlens)
-    out = sp_exact_loss(logits, batch.labels, par.group("world"))
+        if loss_chunk:
+            out = par.model(batch.tokens, batch.position_ids, documents=batch.cu_seqlens,
+                            head_loss=chunked_head_loss(batch.labels, par.group("world"),
+                                                        loss_chunk))
+        else:
+            logits = par.model(batch.tokens, batch.position_ids, documents=batch.cu_seqlens)
+            out = sp_exact_loss(logits, batch.labels, par.group("world"))
     out.backward_loss.backward()
     sync_gradients(par)
     if on_gradients is not None:
