@@ -52,7 +52,8 @@ def preflight_hf(cfg: TrainConfig, world: int) -> None:
     check_values(cfg)
     native_only = [flag for flag, on in (
         ("--loss-chunk", cfg.loss_chunk), ("--mlp-chunk", cfg.mlp_chunk),
-        ("--vocab-size", cfg.vocab_size is not None), ("--offload-optimizer", cfg.offload_optimizer),
+        ("--vocab-size", cfg.vocab_size is not None),
+        ("--offload-optimizer", cfg.offload_optimizer),
         ("--memory auto", cfg.memory == "auto"),
         (f"--activation-checkpointing {cfg.activation_checkpointing}",
          cfg.activation_checkpointing in ("selective", "offload"))) if on]
