@@ -132,3 +132,20 @@ def test_loss_parity(spawn, refs, text_file, world):
 def test_sp1_through_process_group_matches(spawn, refs):
     """sp=1 still goes through seqpar.attention and the process group."""
     spawn(_grid, 1, refs, [dict(strategy="ring", layout="contiguous", fsdp=True)])
+
+
+def _odd_world(rank, world, refs, cases):
+    """Cases at seq_len 48 (split by 3 ranks) against their own 1-process reference."""
+    for case in cases:
+        losses = train(_cfg(world, seq_len=48, **case), quiet=True).losses
+        worst = max(abs(a - b) / abs(b) for a, b in zip(losses, refs))
+        assert len(losses) == len(refs) and worst <= TOL, (case, losses, refs)
+
+
+def test_uneven_heads_and_a_user_layout_in_training(spawn):
+    """World 3: Ulysses splits tiny's 4 query heads 2+1+1 (issue 12.2), and a Layout
+    class the library does not know, named by import path, shards the run (12.1)."""
+    refs = train(_cfg(1, seq_len=48, fsdp=False), quiet=True).losses
+    spawn(_odd_world, 3, refs, [dict(strategy="ulysses", layout="contiguous"),
+                                dict(strategy="ring", fsdp=True,
+                                     layout="test_custom_layouts:TailFirstZigzag")])

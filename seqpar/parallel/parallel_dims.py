@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from ..attention import STRATEGIES
 from ..comm.groups import DEFAULT_TIMEOUT
-from ..layout import LAYOUT_NAMES, get_layout
+from ..layout import get_layout
 
 
 @dataclass(frozen=True)
@@ -65,20 +65,25 @@ class ParallelDims:
             if u is None or r is None or u * r != self.sp:
                 out.append(f"strategy='hybrid' needs ulysses*ring == sp, got ulysses={u}, "
                            f"ring={r}, sp={self.sp}")
-        if self.layout not in LAYOUT_NAMES:
-            out.append(f"unknown layout {self.layout!r}; choose one of {LAYOUT_NAMES}")
+        try:  # a built-in name, or a user Layout by import path ("module:Class")
+            layout = get_layout(self.layout)
+        except ValueError as exc:
+            layout = None
+            out.append(str(exc))
         for name, v in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads), ("ffn_dim", ffn_dim)):
             if v is not None and v % self.tp:
                 out.append(f"{name}={v} is not divisible by tp={self.tp}")
-        # Ulysses splits the query heads (kv heads are replicated when there are fewer)
+        # Ulysses splits the query heads, unevenly if need be (7 on 2 ranks: 4 + 3; kv
+        # heads are replicated when there are fewer); a rank without a head cannot work
         heads_split = {"ulysses": self.sp, "hybrid": self.ulysses}.get(self.strategy)
         if heads_split and n_heads is not None and n_heads % self.tp == 0 \
-                and (n_heads // self.tp) % heads_split:
+                and n_heads // self.tp < heads_split:
             out.append(f"strategy={self.strategy!r} splits heads {heads_split} ways: "
-                       f"n_heads/tp = {n_heads}/{self.tp} = {n_heads // self.tp} is not "
-                       f"divisible by {heads_split}")
-        if seq_len is not None and self.layout in LAYOUT_NAMES:
-            granule = get_layout(self.layout).granule(self.sp)
+                       f"n_heads/tp = {n_heads}/{self.tp} = {n_heads // self.tp} heads are "
+                       f"fewer than {heads_split} ranks; use 'ring' or 'hybrid' with a "
+                       f"smaller ulysses")
+        if seq_len is not None and layout is not None:
+            granule = layout.granule(self.sp)
             if seq_len % granule:
                 out.append(f"layout={self.layout!r} with sp={self.sp} needs seq_len divisible "
                            f"by {granule}, got {seq_len}")
