@@ -12,59 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from . import STRATEGIES, attention, comm, hybrid_mesh, shard, work_per_rank
+from .kernels.reference import dense_attention_grads
 from .launch import run
-
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2}
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak memory of one region: CUDA allocator peak, or sampled RSS growth on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak = device, 0
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base, self.peak, self._stop = _rss_bytes(), _rss_bytes(), threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, _rss_bytes())
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss_bytes())
-        self.used = self.peak - self.base
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
+from .utils.memory import PeakMemory
+from .utils.numerics import TOLERANCE, rel_err
 
 
 def _reference(full, causal, device):
@@ -72,11 +29,7 @@ def _reference(full, causal, device):
     q, k, v, dout = full
     outs = [torch.empty_like(t) for t in (q, q, k, v)]
     if dist.get_rank() == 0:
-        qd, kd, vd = (t.detach().clone().requires_grad_() for t in (q, k, v))
-        o = F.scaled_dot_product_attention(qd, kd, vd, is_causal=causal,
-                                           enable_gqa=qd.shape[1] != kd.shape[1])
-        o.backward(dout)
-        outs = [o.detach(), qd.grad, kd.grad, vd.grad]
+        outs = [t.contiguous() for t in dense_attention_grads(q, k, v, dout, causal=causal)]
     for t in outs:
         dist.broadcast(t, src=0)
     return outs
@@ -113,7 +66,7 @@ def _one(args, device, full, ref, strategy, causal, group=None):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
     got = [out.detach(), q.grad, k.grad, v.grad]
-    err = max(_rel(g, shard(r, dim=2, group=group, layout=args.layout))
+    err = max(rel_err(g, shard(r, dim=2, group=group, layout=args.layout))
               for g, r in zip(got, ref))
     row = torch.tensor([err, sent.bytes_sent, mem.used, elapsed], dtype=torch.float64,
                        device=device)

@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+from ..utils.numerics import DTYPES
 
 #: ``--activation-checkpointing`` modes (seqpar.memory.checkpointing.MODES).
 AC_MODES = ("none", "full", "selective", "offload")
