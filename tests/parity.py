@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import seqpar
 
-#: strategies that run over a 1-D group (hybrid needs a 2-D mesh: tests/test_hybrid_docs_gqa.py)
+#: strategies that run over a 1-D group (hybrid needs a 2-D mesh: tests/test_hybrid.py)
 ONE_D_STRATEGIES = [s for s in seqpar.STRATEGIES if s != "hybrid"]
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2}

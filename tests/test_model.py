@@ -1,9 +1,8 @@
-"""Model, data, loss, ParallelDims and CLI checks that need no process group."""
+"""The plain model: named sizes, config checks, shapes, RoPE, causality, injected
+attention and documents as a forward argument (no process group)."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,11 @@ import torch.nn.functional as F
 
 import seqpar
 from seqpar.data import (
-    IGNORE_INDEX,
     ByteTokenizer,
-    KVRetrieval,
-    Passkey,
     TextDataset,
-    make_dataset,
-    shard_batch,
 )
 from seqpar.models import SIZES, ModelConfig, build_model, model_config
 from seqpar.parallel import ParallelDims
-from seqpar.train import TrainConfig, sp_exact_loss
-from seqpar.train.cli import load_toml, main, parse_config
-from seqpar.train.loop import lr_at
 
 
 def test_named_sizes():
@@ -102,128 +93,9 @@ def test_attention_is_injected():
     assert calls == [((3, 4, 8, 16), (3, 2, 8, 16), True)] * 2
 
 
-def test_passkey_task_answers_are_in_context():
-    task = Passkey(128)
-    tokens, labels = task.batch(step=3, batch_size=4, seed=1)
-    again, _ = task.batch(step=3, batch_size=4, seed=1)
-    assert torch.equal(tokens, again)
-    assert not torch.equal(tokens, task.batch(step=4, batch_size=4, seed=1)[0])
-    for b in range(4):
-        where = (labels[b] != IGNORE_INDEX).nonzero().flatten()
-        assert len(where) == task.n_slots
-        for t in where.tolist():
-            slot = tokens[b, t].item() - 1
-            answer = labels[b, t].item()
-            assert (answer - 128) // task.n_values == slot
-            assert tokens[b, t + 1] == answer  # decoder: the answer follows its query
-            hidden = (tokens[b, : task.seq_len // 2] == answer).nonzero().flatten()
-            assert len(hidden) == task.copies  # only in the first half, `copies` times
-            assert (tokens[b, task.seq_len // 2: t] == answer).sum() == 0
-
-
-def test_kv_task_and_encoder_masking():
-    task = KVRetrieval(96, arch="encoder")
-    tokens, labels = task.batch(0, 2, 0)
-    mask = labels != IGNORE_INDEX
-    assert mask.sum() == 2 * task.n_queries
-    assert (tokens[mask] == ByteTokenizer.MASK).all()
-    with pytest.raises(ValueError, match="too short"):
-        KVRetrieval(10)
-
-
-def test_byte_tokenizer_and_text_dataset(tmp_path):
-    tok = ByteTokenizer()
-    assert tok.decode(tok.encode("héllo ∑", bos=True, eos=True)) == "héllo ∑"
-    (tmp_path / "a.txt").write_text("the quick brown fox " * 20)
-    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "jumps over"}) + "\n\n"
-                                      + json.dumps({"text": "the lazy dog"}) + "\n")
-    ds = make_dataset(f"{tmp_path / 'a.txt'},{tmp_path / 'b.jsonl'}", seq_len=32)
-    assert isinstance(ds, TextDataset)
-    tokens, labels = ds.batch(0, 3, seed=0)
-    assert tokens.shape == labels.shape == (3, 32)
-    assert torch.equal(tokens[:, 1:], labels[:, :-1])  # shifted on the global sequence
-    (tmp_path / "bad.jsonl").write_text("{not json}\n")
-    with pytest.raises(ValueError, match="not JSON"):
-        TextDataset([tmp_path / "bad.jsonl"], 8)
-
-
-def test_shard_batch_single_rank_and_tp_chunks():
-    tokens = torch.arange(32).view(2, 16)
-    one = shard_batch(tokens, tokens, layout="zigzag")
-    assert torch.equal(one.tokens, tokens) and torch.equal(one.position_ids, torch.arange(16))
-    parts = [shard_batch(tokens, tokens, dp=2, dp_rank=d, tp=2, tp_rank=t)
-             for d in range(2) for t in range(2)]
-    assert torch.equal(torch.cat([parts[0].tokens, parts[1].tokens], 1), tokens[:1])
-    assert torch.equal(parts[3].position_ids, torch.arange(8, 16))
-
-
-def test_sp_exact_loss_one_process_matches_cross_entropy():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 10, 7)
-    labels = torch.randint(0, 7, (2, 10))
-    labels[0, :4] = IGNORE_INDEX
-    out = sp_exact_loss(logits, labels)
-    ref = F.cross_entropy(logits.view(-1, 7), labels.view(-1), ignore_index=IGNORE_INDEX)
-    assert math.isclose(out.loss, ref.item(), rel_tol=1e-6)
-    assert torch.allclose(out.backward_loss, ref)
-    assert out.tokens == 16
-
-
-def test_parallel_dims_errors_list_every_degree():
-    with pytest.raises(ValueError) as err:
-        ParallelDims(dp=2, sp=3, tp=2).validate(8)
-    msg = str(err.value)
-    assert all(s in msg for s in ("dp=2", "sp=3", "tp=2", "12", "world size 8"))
-    cfg = model_config("tiny")
-    with pytest.raises(ValueError, match="n_kv_heads=2 is not divisible by tp=4"):
-        ParallelDims(sp=1, tp=4).validate(4, model=cfg)
-    with pytest.raises(ValueError, match="splits heads 8 ways"):
-        ParallelDims(sp=8, strategy="ulysses").validate(8, model=cfg)
-    with pytest.raises(ValueError, match="divisible by 8"):
-        ParallelDims(sp=4, layout="zigzag").validate(4, seq_len=100)
-    with pytest.raises(ValueError, match="batch_size=3"):
-        ParallelDims(dp=2, sp=2).validate(4, batch_size=3)
-    with pytest.raises(ValueError, match="unknown strategy"):
-        ParallelDims(strategy="magic").validate(1)
-    with pytest.raises(ValueError, match="hybrid"):
-        ParallelDims(sp=4, strategy="hybrid", ulysses=2, ring=3).validate(4)
-    ParallelDims(dp=2, sp=2, tp=1, layout="zigzag").validate(4, model=cfg, seq_len=64,
-                                                            batch_size=4)
-
-
-def test_lr_schedule():
-    cfg = TrainConfig(lr=1.0, steps=100, warmup=10, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == pytest.approx(0.1)
-    assert lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(100, cfg) == pytest.approx(0.1)
-
-
-def test_toml_config_and_command_line_precedence(tmp_path):
-    path = tmp_path / "run.toml"
-    path.write_text('model = "tiny"\nseq-len = 256\nsteps = 7\n[train]\nlr = 0.5\n')
-    cfg = parse_config(["--config", str(path), "--steps", "9", "--no-fsdp", "--resume"])
-    assert (cfg.seq_len, cfg.steps, cfg.lr, cfg.fsdp, cfg.resume) == (256, 9, 0.5, False, True)
-    (tmp_path / "bad.toml").write_text("sequence_length = 3\n")
-    with pytest.raises(ValueError, match="unknown keys"):
-        load_toml(tmp_path / "bad.toml")
-
-
-@pytest.mark.parametrize("argv, needle", [
-    (["--sp", "3", "--seq-len", "100", "--nproc", "3"], "divisible by 6"),
-    (["--dp", "2", "--sp", "2", "--tp", "2", "--nproc", "4"], "world size 4"),
-    (["--strategy", "ulysses", "--sp", "8"], "ulysses"),
-    (["--strategy", "hybrid", "--sp", "4", "--ulysses", "3"], "ulysses*ring == sp"),
-    (["--tp", "4", "--sp", "1", "--nproc", "4"], "not divisible by tp=4"),
-    (["--model", "nope"], "unknown model size"),
-])
-def test_cli_rejects_bad_configs_before_spawning(argv, needle, capsys):
-    assert main(argv) == 2
-    assert needle in capsys.readouterr().err
-
-
 def test_packed_documents_do_not_see_each_other():
     """With cu_seqlens, changing document 1 leaves document 2's outputs unchanged."""
-    from seqpar.parallel import ParallelDims, parallelize
+    from seqpar.parallel import parallelize
 
     torch.manual_seed(0)
     model = build_model("tiny").double()
