@@ -75,3 +75,14 @@ def check_case(*, strategy, layout, causal, dtype, group, full, rank, world, lab
             failures.append(f"{label} {strategy}/{layout}/causal={causal}/{dtype}: "
                             f"{name} rel err {err:.3g} > {TOL[dtype]:g} on rank {rank}/{world}")
     return failures
+
+
+class FirstGrads:
+    """``train(on_gradients=...)`` hook keeping the dense gradients of the first step."""
+
+    def __init__(self):
+        self.grads = None
+
+    def __call__(self, step, par):
+        if step == 0:
+            self.grads = par.full_gradients()

@@ -7,6 +7,7 @@ head has a realistic size while the built-in data keeps its byte token ids).
 from __future__ import annotations
 
 import pytest
+from parity import FirstGrads
 
 from seqpar.train import TrainConfig, train
 from seqpar.train.cli import main
@@ -56,17 +57,9 @@ COMBINED = dict(loss_chunk=40, mlp_chunk=8, activation_checkpointing="offload",
                 offload_layers=1)
 
 
-class _FirstGrads:
-    def __init__(self):
-        self.grads = None
-
-    def __call__(self, step, par):
-        if step == 0:
-            self.grads = par.full_gradients()
-
 
 def _run(world: int, **kw) -> tuple[list[float], dict]:
-    probe = _FirstGrads()
+    probe = FirstGrads()
     cfg = TrainConfig(**{**PARITY, "dp": 1, "sp": world, "tp": 1, **kw})
     losses = train(cfg.resolve(world, cuda=False), quiet=True, on_gradients=probe).losses
     return losses, probe.grads

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from parity import FirstGrads
 
 import seqpar
 from seqpar.train import TrainConfig, train
@@ -30,19 +31,9 @@ def _cfg(world: int, **kw) -> TrainConfig:
                                                                                 cuda=False)
 
 
-class _FirstGrads:
-    """``on_gradients`` hook keeping the dense gradients of the first step."""
-
-    def __init__(self):
-        self.grads = None
-
-    def __call__(self, step, par):
-        if step == 0:
-            self.grads = par.full_gradients()
-
 
 def _reference(model: str, **kw) -> tuple[list[float], dict]:
-    probe = _FirstGrads()
+    probe = FirstGrads()
     losses = train(_cfg(1, model=model, fsdp=False, **kw), quiet=True,
                    on_gradients=probe).losses
     return losses, probe.grads
@@ -88,7 +79,7 @@ def _grid(rank, world, refs, cases):
         if "dp" in kw or "tp" in kw:
             kw.setdefault("dp", 1)
             kw.setdefault("tp", 1)
-        probe = _FirstGrads()
+        probe = FirstGrads()
         losses = train(_cfg(world, **kw), quiet=True, on_gradients=probe).losses
         ref, ref_grads = refs[ref_key]
         worst = max(abs(a - b) / abs(b) for a, b in zip(losses, ref))

@@ -19,7 +19,7 @@ import torch
 import seqpar
 
 from ...comm import hybrid_mesh
-from ...layout import Layout
+from ...layout import Layout, merge_runs
 from ..options import int_list, names, parse_layout
 from ..outcome import classify
 from ..problem import Problem, Variant
@@ -42,14 +42,8 @@ def hybrid_sizes(world: int, ulysses: list[int] | None) -> list[int]:
     return list(ulysses) if ulysses else [hybrid_shape(world)[0]]
 
 
-def _merged_runs(segments: list[tuple[int, int]]) -> int:
-    """Number of runs of consecutive positions after merging runs that continue each other."""
-    runs, end = 0, None
-    for start, n in segments:
-        if start != end:
-            runs += 1
-        end = start + n
-    return runs
+def _run_count(segments: list[tuple[int, int]]) -> int:
+    return len(merge_runs(segments))
 
 
 def plan_pairs(layout: Layout, strategy: str, world: int, length: int, ulysses: int = 1) -> int:
@@ -62,15 +56,15 @@ def plan_pairs(layout: Layout, strategy: str, world: int, length: int, ulysses: 
         return 1
     try:
         if strategy == "hybrid":  # ring member r holds slices r*U .. r*U+U-1
-            runs = [_merged_runs([s for u in range(ulysses)
+            runs = [_run_count([s for u in range(ulysses)
                                   for s in layout.segments(r * ulysses + u, world, length)])
                     for r in range(world // ulysses)]
             return max(runs) ** 2
-        runs = [_merged_runs(layout.segments(r, world, length)) for r in range(world)]
+        runs = [_run_count(layout.segments(r, world, length)) for r in range(world)]
         if strategy == "ring":
             return max(runs) ** 2
         every = [s for r in range(world) for s in layout.segments(r, world, length)]
-        return max(runs) * _merged_runs(every)
+        return max(runs) * _run_count(every)
     except ValueError:
         return 0  # seqpar.attention reports the bad length itself
 
