@@ -72,7 +72,9 @@ def _check(par, ref, *, rank_tokens, layout, group, b_slice=slice(None), label="
     return failures
 
 
-def _sp_cases(rank, world, ckpt_dir):
+def _sp_cases(rank, world, ckpt_dir, train_ref=None):
+    if train_ref is not None:  # world 2 also runs `seqpar train` (one spawn for both)
+        _train_cases(rank, world, *train_ref)
     ref = _reference()
     dims0 = ParallelDims(sp=world)
     mesh = dims0.build_mesh()
@@ -136,7 +138,7 @@ def test_linformer_sp1_matches_reference():
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_linformer_sp_matches_reference(world, tmp_path):
-    run_distributed(_sp_cases, world, tmp_path)
+    run_distributed(_sp_cases, world, tmp_path, _train_reference() if world == 2 else None)
 
 
 def test_linformer_bad_input():
@@ -151,3 +153,56 @@ def test_linformer_bad_input():
         model(torch.zeros(1, 48, dtype=torch.long), torch.arange(48))
     with pytest.raises(ValueError, match="tp=1"):
         parallelize(model, ParallelDims(tp=2), None)
+
+
+# ---- seqpar train --attention linformer: per-step losses and gradients equal 1 process
+# (run inside the world-2 group of test_linformer_sp_matches_reference)
+
+def _train_cfg(world: int, **kw):
+    from seqpar.train import TrainConfig
+
+    base = dict(model="bert-tiny", attention="linformer", linformer_k=8, seq_len=48,
+                batch_size=2, steps=4, lr=3e-3, warmup=2, log_every=10**6, data="passkey",
+                dp=1, sp=world, tp=1)
+    return TrainConfig(**{**base, **kw}).resolve(world, cuda=False)
+
+
+def _train_cases(rank, world, ref_losses, ref_grads):
+    from seqpar.train import train
+    from tests.parity import FirstGrads
+
+    failures = []
+    for case in (dict(layout="zigzag", fsdp=True), dict(layout="striped", fsdp=False)):
+        probe = FirstGrads()
+        losses = train(_train_cfg(world, **case), quiet=True, on_gradients=probe).losses
+        worst = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses, strict=True))
+        if not worst <= 1e-5:
+            failures.append(f"{case}: losses {losses} vs {ref_losses}")
+        for name, g in ref_grads.items():
+            err = rel_err(probe.grads[name], g)
+            if not err <= 1e-5:
+                failures.append(f"{case}: step-1 grad {name} rel err {err:.3g}")
+    assert not failures, "\n".join(failures)
+
+
+def _train_reference():
+    """`seqpar train` in one process: per-step losses and step-1 gradients (sp=2 runs
+    compare against them inside ``test_linformer_sp_matches_reference[2]``)."""
+    from seqpar.train import train
+    from tests.parity import FirstGrads
+
+    probe = FirstGrads()
+    ref = train(_train_cfg(1, fsdp=False), quiet=True, on_gradients=probe).losses
+    assert any(n.endswith("linformer.e") for n in probe.grads)
+    return ref, probe.grads
+
+
+def test_train_linformer_bad_options():
+    from seqpar.train.preflight import check_values
+
+    with pytest.raises(ValueError, match="needs a bert-\\* encoder"):
+        check_values(_train_cfg(1, model="tiny"))
+    with pytest.raises(ValueError, match="--linformer-k 64 must be in 1..--seq-len 48"):
+        check_values(_train_cfg(1, linformer_k=64))
+    with pytest.raises(ValueError, match="tp=1"):
+        check_values(_train_cfg(2, tp=2, sp=1))
