@@ -75,6 +75,9 @@ _HELP = {
               "or auto (the planner picks the memory options); docs/memory.md",
     "force": "run a --memory manual configuration predicted not to fit",
     "vocab_size": "model embedding/head rows (>= the data's vocabulary; default: the data's)",
+    "attention": "softmax (exact) or linformer (bert-* only: K/V projected along the "
+                 "sequence to --linformer-k rows; docs/linformer.md)",
+    "linformer_k": "with --attention linformer: projected length k (<= --seq-len)",
 }
 
 

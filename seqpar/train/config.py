@@ -61,6 +61,9 @@ class TrainConfig:
     offload_optimizer: bool = False
     memory: str = "manual"
     force: bool = False
+    # Linformer attention (bert-* only; seqpar.parallel.linformer, docs/linformer.md)
+    attention: str = "softmax"
+    linformer_k: int = 256
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -135,6 +138,13 @@ class TrainConfig:
             raise ValueError(f"--vocab-size {self.vocab_size} is smaller than the data's "
                              f"vocabulary ({data_vocab} token ids for --data {self.data})")
         return self.vocab_size
+
+    def model_overrides(self) -> dict:
+        """ModelConfig fields set by options: Linformer's, its E/F sized for ``seq_len``."""
+        if self.attention == "softmax":
+            return {}
+        return dict(attention=self.attention, linformer_k=self.linformer_k,
+                    max_seq_len=self.seq_len)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -41,7 +41,8 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     dims = cfg.parallel_dims()
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
-    mcfg = model_config(cfg.model, vocab_size=cfg.model_vocab(dataset.vocab_size))
+    mcfg = model_config(cfg.model, vocab_size=cfg.model_vocab(dataset.vocab_size),
+                        **cfg.model_overrides())
     dims.validate(world, model=mcfg, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
     mesh = dims.build_mesh(device.type) if dist.is_available() and dist.is_initialized() else None
     torch.manual_seed(cfg.seed)  # same weights on every rank (and in a 1-process run)

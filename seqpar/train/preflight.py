@@ -39,8 +39,31 @@ def check_values(cfg: TrainConfig) -> None:
     if cfg.checkpoint_every and not cfg.checkpoint_dir:
         bad.append(f"--checkpoint-every {cfg.checkpoint_every} needs --checkpoint-dir")
     bad += memory_problems(cfg)
+    bad += linformer_problems(cfg)
     if bad:
         raise ValueError("; ".join(bad))
+
+
+def linformer_problems(cfg: TrainConfig) -> list[str]:
+    """``--attention linformer`` with what it cannot run with (the model's own checks,
+    bert-* and k <= L, run when its config is built)."""
+    from ..parallel.linformer import linformer_dims_problems
+
+    if cfg.attention == "softmax":
+        return []
+    if cfg.attention != "linformer":
+        return [f"--attention {cfg.attention!r}: choose softmax or linformer"]
+    bad = []
+    if not cfg.model.startswith("bert-"):
+        bad.append(f"--attention linformer needs a bert-* encoder, got --model {cfg.model} "
+                   f"(Linformer is not defined for causal decoders)")
+    if cfg.linformer_k <= 0 or cfg.linformer_k > cfg.seq_len:
+        bad.append(f"--linformer-k {cfg.linformer_k} must be in 1..--seq-len {cfg.seq_len}")
+    if cfg.data not in ("passkey", "kv") and cfg.documents:
+        bad.append("--attention linformer attends across the whole sequence: packed text "
+                   "needs --no-documents")
+    bad += [f"--attention linformer: {p}" for p in linformer_dims_problems(cfg.parallel_dims())]
+    return bad
 
 
 def memory_problems(cfg: TrainConfig) -> list[str]:
@@ -88,7 +111,8 @@ def check_checkpoint_model(path: Path, cfg: TrainConfig, vocab_size: int) -> Non
     saved = {k[len("model."):]: tuple(v.size) for k, v in meta.state_dict_metadata.items()
              if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
     with torch.device("meta"):
-        model = build_model(model_config(cfg.model, vocab_size=vocab_size))
+        model = build_model(model_config(cfg.model, vocab_size=vocab_size,
+                                         **cfg.model_overrides()))
     want = {name: tuple(p.shape) for name, p in model.named_parameters()}
     problems = [f"{n} is {saved[n]} there, {shape} here" for n, shape in want.items()
                 if n in saved and saved[n] != shape]
@@ -108,6 +132,8 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     from ..data import make_dataset
     from ..models import model_config
 
+    if cfg.hf and cfg.attention != "softmax":
+        raise ValueError(f"--attention {cfg.attention} is for seqpar's bert-* models, not --hf")
     if cfg.hf:
         from .hf_train import preflight_hf
 
@@ -119,7 +145,7 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
     vocab = cfg.model_vocab(dataset.vocab_size)
-    mcfg = model_config(cfg.model, vocab_size=vocab)
+    mcfg = model_config(cfg.model, vocab_size=vocab, **cfg.model_overrides())
     cfg.parallel_dims().validate(world, model=mcfg, seq_len=cfg.seq_len,
                                  batch_size=cfg.batch_size)
     target = resume_target(cfg)
