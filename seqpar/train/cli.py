@@ -206,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--nproc must be >= 1, got {cfg.nproc}")
         resolved = cfg.resolve(world, cuda=cuda)
         preflight(resolved, world)
-        # the planner models the native --model shapes only (an --hf model: not yet)
-        header = "" if resolved.hf else plan_memory([cfg], resolved, cuda=cuda)
+        header = plan_memory([cfg], resolved, cuda=cuda)  # --hf: the folder's shape
         if header and os.environ.get("RANK", "0") == "0":
             print(header, flush=True)
     except (ValueError, OSError) as exc:

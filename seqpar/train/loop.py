@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     if cfg.hf:
         from .hf_train import train_hf
 
-        return train_hf(cfg, device=device, quiet=quiet)
+        return train_hf(cfg, device=device, quiet=quiet, on_gradients=on_gradients)
     rank, world = _world()
     device = device or torch.device("cpu")
     resume = resolve_resume(cfg.resume, cfg.checkpoint_dir)  # ValueError before any collective
