@@ -75,6 +75,7 @@ _HELP = {
               "or auto (the planner picks the memory options); docs/memory.md",
     "force": "run a --memory manual configuration predicted not to fit",
     "vocab_size": "model embedding/head rows (>= the data's vocabulary; default: the data's)",
+    "n_layers": "cut (or grow) --model to this many blocks (default: the size's own)",
 }
 
 

@@ -61,6 +61,7 @@ class TrainConfig:
     offload_optimizer: bool = False
     memory: str = "manual"
     force: bool = False
+    n_layers: int | None = None
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -135,6 +136,16 @@ class TrainConfig:
             raise ValueError(f"--vocab-size {self.vocab_size} is smaller than the data's "
                              f"vocabulary ({data_vocab} token ids for --data {self.data})")
         return self.vocab_size
+
+    def model_overrides(self, data_vocab: int) -> dict:
+        """``model_config`` overrides: the vocabulary (:meth:`model_vocab`) and
+        ``--n-layers`` (the named model cut or grown to that depth)."""
+        out = {"vocab_size": self.model_vocab(data_vocab)}
+        if self.n_layers is not None:
+            if self.n_layers < 1:
+                raise ValueError(f"--n-layers {self.n_layers} must be at least 1")
+            out["n_layers"] = self.n_layers
+        return out
 
     @property
     def torch_dtype(self) -> torch.dtype:
