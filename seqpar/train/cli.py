@@ -78,6 +78,7 @@ _HELP = {
     "attention": "softmax (exact) or linformer (bert-* only: K/V projected along the "
                  "sequence to --linformer-k rows; docs/linformer.md)",
     "linformer_k": "with --attention linformer: projected length k (<= --seq-len)",
+    "n_layers": "cut (or grow) --model to this many blocks (default: the size's own)",
 }
 
 

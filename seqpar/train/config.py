@@ -64,6 +64,7 @@ class TrainConfig:
     # Linformer attention (bert-* only; seqpar.parallel.linformer, docs/linformer.md)
     attention: str = "softmax"
     linformer_k: int = 256
+    n_layers: int | None = None
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -139,12 +140,19 @@ class TrainConfig:
                              f"vocabulary ({data_vocab} token ids for --data {self.data})")
         return self.vocab_size
 
-    def model_overrides(self) -> dict:
-        """ModelConfig fields set by options: Linformer's, its E/F sized for ``seq_len``."""
-        if self.attention == "softmax":
-            return {}
-        return dict(attention=self.attention, linformer_k=self.linformer_k,
-                    max_seq_len=self.seq_len)
+    def model_overrides(self, data_vocab: int) -> dict:
+        """``model_config`` overrides: the vocabulary (:meth:`model_vocab`), ``--n-layers``
+        (the named model cut or grown to that depth) and Linformer's fields (its E/F sized
+        for ``seq_len``)."""
+        out: dict = {"vocab_size": self.model_vocab(data_vocab)}
+        if self.n_layers is not None:
+            if self.n_layers < 1:
+                raise ValueError(f"--n-layers {self.n_layers} must be at least 1")
+            out["n_layers"] = self.n_layers
+        if self.attention != "softmax":
+            out.update(attention=self.attention, linformer_k=self.linformer_k,
+                       max_seq_len=self.seq_len)
+        return out
 
     @property
     def torch_dtype(self) -> torch.dtype:

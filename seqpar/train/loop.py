@@ -13,10 +13,13 @@ stop all ranks after the same step with a checkpoint (``preemption.py``).
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 
 from ..data import LocalBatch, make_dataset, shard_batch
+from ..memory.meta_init import materialize
 from ..models import build_model, model_config
 from ..parallel import Parallelized, parallelize
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
@@ -41,18 +44,20 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     dims = cfg.parallel_dims()
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
-    mcfg = model_config(cfg.model, vocab_size=cfg.model_vocab(dataset.vocab_size),
-                        **cfg.model_overrides())
+    mcfg = model_config(cfg.model, **cfg.model_overrides(dataset.vocab_size))
     dims.validate(world, model=mcfg, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
     mesh = dims.build_mesh(device.type) if dist.is_available() and dist.is_initialized() else None
-    torch.manual_seed(cfg.seed)  # same weights on every rank (and in a 1-process run)
-    with torch.device(device):
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta"):  # no storage: each rank materialises only its shards below
         model = build_model(mcfg)
     par = parallelize(model, dims, mesh, fsdp=cfg.fsdp,
                       activation_checkpointing=cfg.checkpointing_mode,
                       mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
                       offload_optimizer=cfg.offload_optimizer,
                       param_dtype=cfg.torch_dtype)
+    # same weights on every rank and in a 1-process run (a function of seed, name, row)
+    materialize(model, mcfg, cfg.seed, device, tp_plan=par.tp_plan,
+                tp_rank=par.local_rank("tp"), tp=cfg.tp)
     return par, dataset, mcfg
 
 
@@ -85,7 +90,9 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     rank, world = _world()
     device = device or torch.device("cpu")
     resume = resolve_resume(cfg.resume, cfg.checkpoint_dir)  # ValueError before any collective
+    built = time.perf_counter()
     par, dataset, mcfg = build(cfg, device)
+    built = time.perf_counter() - built
     optimizer = make_optimizer(par, cfg)
     show = rank == 0 and not quiet
     for note in resume.notes if show else ():  # before loading: what loads, what is skipped
@@ -106,6 +113,8 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
                  f"{par.dims.describe()} | world {world} on {device.type} | "
                  f"{'fsdp' if par.fsdp else 'replicated'} | data {cfg.data} | "
                  f"seq_len {cfg.seq_len} x batch {cfg.batch_size} | {cfg.dtype}")
+    progress.say(f"start-up: model built on the meta device, this rank's shards initialised "
+                 f"in {built:.1f} s")
     autocast = autocast_for(device, cfg.torch_dtype)
     saved = start if resume.path is not None else None  # the step the newest save holds
     done, stopped_by = start, 0

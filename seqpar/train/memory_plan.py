@@ -94,8 +94,7 @@ def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
     else:
         data = make_dataset(resolved.data, resolved.seq_len,
                             arch=model_config(resolved.model).arch)
-        mcfg = model_config(resolved.model, vocab_size=resolved.model_vocab(data.vocab_size),
-                            **resolved.model_overrides())
+        mcfg = model_config(resolved.model, **resolved.model_overrides(data.vocab_size))
     if mcfg.arch != "decoder":
         return "memory: the planner models decoders; planning skipped"
     length = resolved.seq_len * max(1, resolved.batch_size // resolved.dp)

@@ -111,8 +111,7 @@ def check_checkpoint_model(path: Path, cfg: TrainConfig, vocab_size: int) -> Non
     saved = {k[len("model."):]: tuple(v.size) for k, v in meta.state_dict_metadata.items()
              if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
     with torch.device("meta"):
-        model = build_model(model_config(cfg.model, vocab_size=vocab_size,
-                                         **cfg.model_overrides()))
+        model = build_model(model_config(cfg.model, **cfg.model_overrides(vocab_size)))
     want = {name: tuple(p.shape) for name, p in model.named_parameters()}
     problems = [f"{n} is {saved[n]} there, {shape} here" for n, shape in want.items()
                 if n in saved and saved[n] != shape]
@@ -145,7 +144,7 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
     vocab = cfg.model_vocab(dataset.vocab_size)
-    mcfg = model_config(cfg.model, vocab_size=vocab, **cfg.model_overrides())
+    mcfg = model_config(cfg.model, **cfg.model_overrides(dataset.vocab_size))
     cfg.parallel_dims().validate(world, model=mcfg, seq_len=cfg.seq_len,
                                  batch_size=cfg.batch_size)
     target = resume_target(cfg)
