@@ -57,7 +57,7 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
                       param_dtype=cfg.torch_dtype)
     # same weights on every rank and in a 1-process run (a function of seed, name, row)
     materialize(model, mcfg, cfg.seed, device, tp_plan=par.tp_plan,
-                tp_rank=par.local_rank("tp"), tp=cfg.tp)
+                tp_rank=par.local_rank("tp"), tp=cfg.tp, seq_sharded=par.seq_sharded)
     return par, dataset, mcfg
 
 
