@@ -50,7 +50,7 @@ def _reference():
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _check(par, ref, *, rank_tokens, layout, group, b_slice=slice(None), label=""):
+def _check(par, ref, *, layout, group, b_slice=slice(None), label=""):
     """Forward/backward the parallel model on this rank's shard; compare with ``ref``."""
     tokens, cot = _data()
     logits_ref, grads_ref = ref
@@ -91,8 +91,12 @@ def _sp_cases(rank, world, ckpt_dir, train_ref=None):
         cfg = _cfg()
         payload = cfg.n_layers * 2 * B * K * cfg.n_kv_heads * cfg.head_dim * 8
         assert fwd.bytes_by_kind == {"all_reduce": payload}, dict(fwd.bytes_by_kind)
-        failures += _check(par, ref, rank_tokens=None, layout=layout, group=group,
-                           label=f"sp={world} {layout} rank {rank}")
+        par.model.zero_grad(set_to_none=True)
+        with count_bytes() as both:  # forward + backward: one all-reduce per layer each
+            failures += _check(par, ref, layout=layout, group=group,
+                               label=f"sp={world} {layout} rank {rank}")
+        assert both.bytes_by_kind == {"all_reduce": 2 * payload}, dict(both.bytes_by_kind)
+        assert both.calls == {"all_reduce": 2 * cfg.n_layers}, dict(both.calls)
     if world == 4:
         failures += _fsdp_and_checkpoint(rank, ref, ckpt_dir)
     assert not failures, "\n".join(failures)
@@ -108,7 +112,7 @@ def _fsdp_and_checkpoint(rank, ref, ckpt_dir):
     e = par.model.layers[0].attention.linformer.e
     assert type(e) is torch.nn.Parameter and e.shape == (K, L // 2)  # not an FSDP DTensor
     dp = par.local_rank("dp")
-    failures = _check(par, ref, rank_tokens=None, layout="zigzag", group=par.group("sp"),
+    failures = _check(par, ref, layout="zigzag", group=par.group("sp"),
                       b_slice=slice(dp, dp + 1), label=f"dp=2 sp=2 fsdp rank {rank}")
     # checkpoint: save from sp=4 striped, load into the dp=2 x sp=2 zigzag model
     src_dims = ParallelDims(sp=4, layout="striped")
@@ -131,7 +135,7 @@ def _fsdp_and_checkpoint(rank, ref, ckpt_dir):
 def test_linformer_sp1_matches_reference():
     """sp=1 through parallelize (no process group) is the one-process model."""
     par = parallelize(_model(), ParallelDims(), None)
-    failures = _check(par, _reference(), rank_tokens=None, layout="contiguous", group=None,
+    failures = _check(par, _reference(), layout="contiguous", group=None,
                       label="sp=1")
     assert not failures, failures
 
