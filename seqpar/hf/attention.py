@@ -113,6 +113,12 @@ def seqpar_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
                              f"{query.shape[0]} sequences")
         if all(torch.equal(c, cu_seqlens[0]) for c in cu_seqlens[1:]):
             cu_seqlens = cu_seqlens[0]
+    dev = query.device.type
+    if torch.is_autocast_enabled(dev):
+        # as sdpa under autocast: q, k, v in the autocast dtype (RoPE's fp32 tables made q
+        # and k fp32 when the hidden states are fp32, v stays in the autocast dtype)
+        dt = torch.get_autocast_dtype(dev)
+        query, key, value = (t.to(dt) for t in (query, key, value))
     # selective activation checkpointing (seqpar.hf.memory) keeps this result: kept_call
     # is a plain call outside a selective checkpoint
     return kept_call(_sharded_attention, query, key, value, cu_seqlens, cfg, kw), None
