@@ -119,6 +119,12 @@ def test_more_gpus_longer_and_longer_needs_more():
         assert all(a.peak_gpu < b.peak_gpu for a, b in zip(ests, ests[1:]))
         assert all(a.peak_host <= b.peak_host for a, b in zip(ests, ests[1:]))
     assert all(p < 139 * GiB for p in peaks)
+    one = plan("8b", 128256, 131072, 1, 139, 128)
+    assert not one["fits"] and one["max_seq_len"] == 0 and one["max_seq_len_bound"] == "host"
+    two = plan("8b", 128256, 131072, 2, 139, 256)
+    assert two["max_seq_len"] == tops[0] and two["max_seq_len_bound"] == "gpu"
+    cut = plan("8b", 128256, 1048576, 2, 139, 256, n_layers=4)
+    assert cut["fits"] and cut["inputs"]["n_layers"] == 4 and cut["max_seq_len"] > tops[0]
 
 
 def test_mixed_offload_and_lean_norm_terms():

@@ -241,6 +241,19 @@ def max_seq_len(cfg: ModelConfig, gpus: int, gpu_memory_gib: float, host_memory_
     return lo * q
 
 
+def _bound(cfg: ModelConfig, top: int, gpus: int, gpu_memory_gib: float,
+           host_memory_gib: float, layout: str, compute_bytes: int) -> str:
+    """What stops the next length past ``top``: "gpu" or "host" memory (the closest
+    configuration's larger overshoot)."""
+    e = best(cfg, top + LAYOUT_MULTIPLE[layout] * gpus, gpus, gpu_memory_gib,
+             host_memory_gib, compute_bytes)
+    gpu = e.reserved_gpu / (gpu_memory_gib * GiB)
+    host = e.peak_host / (HOST_USABLE * host_memory_gib * GiB)
+    if e.fits:  # the search's limit, not memory
+        return "none"
+    return "gpu" if gpu > 1 and (host <= 1 or gpu >= host) else "host"
+
+
 def config_dict(mc: MemoryConfig, n_layers: int) -> dict:
     """The chosen options under ``seqpar train``'s flag names."""
     mode = "offload" if mc.offload_layers == n_layers else mc.ac_mode
@@ -250,7 +263,8 @@ def config_dict(mc: MemoryConfig, n_layers: int) -> dict:
 
 
 def plan(model: str, vocab_size: int, seq_len: int, gpus: int, gpu_memory_gib: float,
-         host_memory_gib: float, *, layout: str = "zigzag", compute_bytes: int = 2) -> dict:
+         host_memory_gib: float, *, layout: str = "zigzag", compute_bytes: int = 2,
+         n_layers: int | None = None) -> dict:
     """``seqpar plan``'s answer (JSON-ready): fit, peaks, max length, chosen options."""
     for name, value in (("vocab_size", vocab_size), ("gpu_memory_gib", gpu_memory_gib),
                         ("host_memory_gib", host_memory_gib)):
@@ -259,21 +273,26 @@ def plan(model: str, vocab_size: int, seq_len: int, gpus: int, gpu_memory_gib: f
     if compute_bytes not in (2, 4):
         raise ValueError(f"plan: compute_bytes={compute_bytes}: 2 (bf16) or 4 (fp32)")
     check_length(seq_len, gpus, layout)
-    cfg = model_config(model, vocab_size=vocab_size)
+    if n_layers is not None and n_layers < 1:
+        raise ValueError(f"plan: n_layers={n_layers} must be at least 1")
+    cfg = model_config(model, vocab_size=vocab_size,
+                       **({} if n_layers is None else {"n_layers": n_layers}))
     if cfg.arch != "decoder":
         raise ValueError(f"plan: {model!r} is an encoder; the planner models decoders")
     e = best(cfg, seq_len, gpus, gpu_memory_gib, host_memory_gib, compute_bytes)
+    top = max_seq_len(cfg, gpus, gpu_memory_gib, host_memory_gib, layout, compute_bytes)
     return {
         "fits": e.fits, "peak_gpu_gib": round(e.reserved_gpu / GiB, 2),
         "peak_gpu_allocated_gib": round(e.peak_gpu / GiB, 2),
         "peak_host_gib": round(e.peak_host / GiB, 2),
-        "max_seq_len": max_seq_len(cfg, gpus, gpu_memory_gib, host_memory_gib, layout,
-                                   compute_bytes),
+        "max_seq_len": top,
+        "max_seq_len_bound": _bound(cfg, top, gpus, gpu_memory_gib, host_memory_gib, layout,
+                                    compute_bytes),
         "config": config_dict(e.config, cfg.n_layers), "speed_cost": round(e.cost, 3),
         "breakdown_gib": {k: round(v, 2) for k, v in e.parts.items()},
         "inputs": {"model": model, "vocab_size": vocab_size, "seq_len": seq_len, "gpus": gpus,
                    "gpu_memory_gib": gpu_memory_gib, "host_memory_gib": host_memory_gib,
-                   "layout": layout, "params": cfg.num_params()},
+                   "layout": layout, "params": cfg.num_params(), "n_layers": cfg.n_layers},
     }
 
 
