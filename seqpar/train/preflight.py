@@ -74,9 +74,9 @@ def memory_problems(cfg: TrainConfig) -> list[str]:
     mode = cfg.checkpointing_mode
     if mode not in AC_MODES:
         bad.append(f"--activation-checkpointing {mode!r}: choose one of {AC_MODES}")
-    if cfg.offload_layers and mode != "offload":
-        bad.append(f"--offload-layers {cfg.offload_layers} needs "
-                   f"--activation-checkpointing offload (got {mode})")
+    if cfg.offload_layers and mode == "none":
+        bad.append(f"--offload-layers {cfg.offload_layers} needs --activation-checkpointing "
+                   f"offload, full or selective (the rest of the layers; got {mode})")
     if (cfg.tp or 1) > 1:
         for name in ("loss_chunk", "mlp_chunk"):
             if getattr(cfg, name):
