@@ -61,6 +61,12 @@ class TrainConfig:
     offload_optimizer: bool = False
     memory: str = "manual"
     force: bool = False
+    # pipeline parallelism (seqpar.parallel.pipeline) and the layer count it splits
+    pp: int = 1
+    pp_schedule: str = "1f1b"
+    microbatches: int | None = None
+    virtual_stages: int = 1
+    n_layers: int | None = None
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -92,6 +98,8 @@ class TrainConfig:
         """Fill in unset degrees: ``dp`` and ``tp`` default to 1, ``sp`` takes the rest
         (or dp takes the rest when sp is given). ``dtype``: bf16 on GPUs, fp32 on CPU."""
         cfg = TrainConfig(**self.to_dict())
+        if isinstance(cfg.pp, int) and cfg.pp > 1:  # the other degrees share world / pp
+            world_size //= cfg.pp
         dp, sp, tp = cfg.dp, cfg.sp, cfg.tp
         tp = tp or 1
         if sp is None:
@@ -118,7 +126,13 @@ class TrainConfig:
         from ..parallel import ParallelDims
 
         return ParallelDims(dp=self.dp, sp=self.sp, tp=self.tp, strategy=self.strategy,
-                            layout=self.layout, ulysses=self.ulysses, ring=self.ring)
+                            layout=self.layout, ulysses=self.ulysses, ring=self.ring,
+                            pp=self.pp, pp_schedule=self.pp_schedule,
+                            microbatches=self.microbatches, virtual_stages=self.virtual_stages)
+
+    def model_overrides(self) -> dict:
+        """``ModelConfig`` fields the options override (``--n-layers``)."""
+        return {} if self.n_layers is None else {"n_layers": self.n_layers}
 
     @property
     def checkpointing_mode(self) -> str:

@@ -21,6 +21,7 @@ from ..models import build_model, model_config
 from ..parallel import Parallelized, parallelize
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .pipeline_step import pipeline_train_step
 from .preemption import Preempted, StopOnSignal
 from .progress import Metrics, Progress, TrainResult
 from .resume import resolve_resume
@@ -41,12 +42,23 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     dims = cfg.parallel_dims()
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
-    mcfg = model_config(cfg.model, vocab_size=cfg.model_vocab(dataset.vocab_size))
+    mcfg = model_config(cfg.model, vocab_size=cfg.model_vocab(dataset.vocab_size),
+                        **cfg.model_overrides())
     dims.validate(world, model=mcfg, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
     mesh = dims.build_mesh(device.type) if dist.is_available() and dist.is_initialized() else None
     torch.manual_seed(cfg.seed)  # same weights on every rank (and in a 1-process run)
     with torch.device(device):
         model = build_model(mcfg)
+    if dims.pp > 1:  # this rank's pipeline stages (seqpar.parallel.pipeline)
+        from ..parallel.pipeline import parallelize_pipeline
+
+        par = parallelize_pipeline(model, dims, mesh, device=device, batch_size=cfg.batch_size,
+                                   seq_len=cfg.seq_len, fsdp=cfg.fsdp,
+                                   activation_checkpointing=cfg.checkpointing_mode,
+                                   mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
+                                   offload_optimizer=cfg.offload_optimizer,
+                                   param_dtype=cfg.torch_dtype)
+        return par, dataset, mcfg
     par = parallelize(model, dims, mesh, fsdp=cfg.fsdp,
                       activation_checkpointing=cfg.checkpointing_mode,
                       mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
@@ -106,12 +118,13 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
                  f"{'fsdp' if par.fsdp else 'replicated'} | data {cfg.data} | "
                  f"seq_len {cfg.seq_len} x batch {cfg.batch_size} | {cfg.dtype}")
     autocast = autocast_for(device, cfg.torch_dtype)
+    step_fn = pipeline_train_step if par.dims.pp > 1 else train_step
     saved = start if resume.path is not None else None  # the step the newest save holds
     done, stopped_by = start, 0
     with StopOnSignal() as stop:
         for step in range(start, end):
             progress.step_started()
-            out = train_step(par, optimizer, local_batch(cfg, dataset, par, step, device),
+            out = step_fn(par, optimizer, local_batch(cfg, dataset, par, step, device),
                              step=step, lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
                              autocast=autocast, on_gradients=on_gradients,
                              loss_chunk=cfg.loss_chunk)
