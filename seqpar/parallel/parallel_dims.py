@@ -116,9 +116,10 @@ class ParallelDims:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 out.append(f"{name}={v!r} must be a positive integer")
-        out += self.pipeline_problems(n_layers=n_layers, batch_size=batch_size)
-        if out:
-            return out
+        pipeline = self.pipeline_problems(n_layers=n_layers, batch_size=batch_size)
+        if out or any("positive integer" in p for p in pipeline):
+            return out + pipeline
+        out += pipeline
         if world_size is not None and self.world_size != world_size:
             out.append(f"pp*dp*sp*tp = {self.pp}*{self.dp}*{self.sp}*{self.tp} = "
                        f"{self.world_size} != world size {world_size}")
