@@ -21,7 +21,9 @@ _RANGES = [("steps", 1, True), ("batch_size", 1, True), ("seq_len", 1, True),
            ("log_every", 1, True), ("keep_checkpoints", 1, True), ("nproc", 1, True),
            ("dp", 1, True), ("sp", 1, True), ("tp", 1, True), ("ulysses", 1, True),
            ("ring", 1, True), ("vocab_size", 1, True),
-           ("loss_chunk", 0, True), ("mlp_chunk", 0, True), ("offload_layers", 0, True)]
+           ("loss_chunk", 0, True), ("mlp_chunk", 0, True), ("offload_layers", 0, True),
+           ("pp", 1, True), ("microbatches", 1, True), ("virtual_stages", 1, True),
+           ("n_layers", 1, True)]
 
 
 def check_values(cfg: TrainConfig) -> None:
@@ -84,6 +86,8 @@ def memory_problems(cfg: TrainConfig) -> list[str]:
                            f"(got tp={cfg.tp}): the head / MLP is sharded under TP")
     if cfg.offload_optimizer and not cfg.fsdp:
         bad.append("--offload-optimizer needs --fsdp")
+    if cfg.pp > 1 and cfg.loss_chunk:
+        bad.append(f"--loss-chunk {cfg.loss_chunk} is not supported with --pp {cfg.pp} yet")
     return bad
 
 
@@ -133,6 +137,9 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
 
     if cfg.hf and cfg.attention != "softmax":
         raise ValueError(f"--attention {cfg.attention} is for seqpar's bert-* models, not --hf")
+    if cfg.hf and cfg.pp != 1:
+        raise ValueError(f"--hf with --pp {cfg.pp}: pipeline stages of Hugging Face models "
+                         f"are not supported yet; use --pp 1")
     if cfg.hf:
         from .hf_train import preflight_hf
 
