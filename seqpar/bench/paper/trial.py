@@ -90,7 +90,7 @@ class TrialResult:
 def spec_problems(spec: TrialSpec, world: int) -> list[str]:
     """Why ``spec`` cannot run (empty if it can), checked before any collective."""
     out = []
-    if spec.method not in METHODS:
+    if spec.method not in METHODS + ("linformer",):
         out.append(f"method {spec.method!r}: choose one of {METHODS}")
     if spec.dtype not in DTYPES:
         out.append(f"dtype {spec.dtype!r}: choose one of {tuple(DTYPES)}")
@@ -105,7 +105,10 @@ def spec_problems(spec: TrialSpec, world: int) -> list[str]:
     if cfg.causal:
         out.append(f"{spec.model} is a causal decoder; the paper's experiments use BERT "
                    f"encoders (bert-*)")
-    if spec.method in SP_METHODS:
+    if spec.method == "linformer":  # experiment 4: its wiring hook checks the rest
+        if spec.seq_len % spec.gpus:
+            out.append(f"linformer needs seq_len={spec.seq_len} divisible by P={spec.gpus}")
+    elif spec.method in SP_METHODS:
         out += ParallelDims(sp=spec.gpus, strategy=spec.method).problems(
             n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, seq_len=spec.seq_len)
     else:
@@ -168,6 +171,8 @@ def _body(spec: TrialSpec, ctx: TrialContext, factory: Factory | None,
                  build_model(model_config(spec.model, vocab_size=spec.vocab_size)))
         model = model.to(device=device, dtype=torch.float64 if spec.dtype == "fp64" else None)
         if wire is None:
+            if spec.method not in METHODS:
+                raise ValueError(f"method {spec.method!r} needs a wiring hook (wire=)")
             shards, sync = _wire(model, group, spec)
         else:
             sync = wire(model, group, spec)
