@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...comm.compat import all_gather_flat
 from ...comm.groups import group_rank_size
 from ...models import build_model, model_config
 from ...parallel.gradients import all_reduce_grads
@@ -36,9 +37,9 @@ from ...parallel.parallel_dims import ParallelDims
 from ...parallel.parallelize import SequenceParallelAttention, apply_activation_checkpointing
 from ..agree import all_max
 from ..launch import Dist
-from ..outcome import guarded
+from ..outcome import classify
 from .megatron import apply_megatron_tp, apply_megatron_tp_sp, tp_problems
-from .memory_cap import MemoryCap, free_memory, track_peak
+from .memory_cap import MemoryCap, free_memory, is_oom, track_peak
 
 SP_METHODS = ("rsa", "ring", "ulysses")
 TP_METHODS = ("tp", "tp-sp")
@@ -213,6 +214,44 @@ def _body(spec: TrialSpec, ctx: TrialContext, factory: Factory | None,
     ctx.cap.check(peak.peak)
     step_s = statistics.median(times[1:] if len(times) > 1 else times)
     return {"peak": peak.peak, "step_s": step_s, "losses": losses}
+
+
+#: worst first when agreeing: an error anywhere beats an OOM anywhere beats ok
+_SEVERITY = ("ok", "oom", "unsupported", "invalid", "error")
+_REASON_BYTES = 400
+
+
+def agree(d: Dist, status: str, reason: str) -> tuple[str, str]:
+    """The worst (status, reason) over every rank, with tensors only (no pickling, so
+    no numpy): the severity by all-reduce, the reasons as fixed-size byte rows."""
+    code = _SEVERITY.index(status) if status in _SEVERITY else len(_SEVERITY) - 1
+    worst = int(all_max(d, [float(code)])[0])
+    if worst == 0:
+        return "ok", ""
+    raw = reason.encode()[:_REASON_BYTES].ljust(_REASON_BYTES, b" ")
+    mine = torch.tensor([code, *raw], dtype=torch.int32, device=d.device)
+    rows = torch.empty(d.world * mine.numel(), dtype=torch.int32, device=d.device)
+    all_gather_flat(rows, mine, group=d.group)
+    for rank, row in enumerate(rows.view(d.world, -1).tolist()):
+        if row[0] == worst:
+            text = bytes(row[1:]).decode(errors="replace").strip()
+            return _SEVERITY[worst], f"rank {rank}: {text}"
+    return _SEVERITY[worst], ""
+
+
+def guarded(d: Dist, fn: Callable[[], object]) -> tuple[object, str, str]:
+    """Run ``fn`` here, classify a failure (OOM, simulated or real), agree over ranks."""
+    result, status, reason = None, "ok", ""
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - a trial's failure is its result
+        status, reason = classify(exc)
+        if is_oom(exc):
+            status = "oom"
+        result = None
+        del exc  # its traceback holds the trial's tensors
+    status, reason = agree(d, status, reason)
+    return (result if status == "ok" else None), status, reason
 
 
 def run_trial(spec: TrialSpec, ctx: TrialContext, factory: Factory | None = None,
