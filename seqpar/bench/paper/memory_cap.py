@@ -109,6 +109,15 @@ def track_peak(device: torch.device) -> Iterator[PeakBox]:
         return
     from ...memory.measure import LivePeak
 
-    with LivePeak() as live:
-        yield box
+    # no cyclic GC inside: when it runs would change which garbage is still alive at the
+    # peak, so the same trial could measure differently (objects freed by refcount only)
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with LivePeak() as live:
+            yield box
+    finally:
+        if enabled:
+            gc.enable()
     box.peak = live.peak

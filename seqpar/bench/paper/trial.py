@@ -270,7 +270,11 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, factory: Factory | None = None
     peak, step_s = all_max(ctx.d, mine)  # every rank, so the next step stays in order
     if status != "ok":
         return TrialResult(status, reason)
-    losses = out["losses"] if out else []
+    # rank 0 always takes part: its per-step losses, on every rank
+    losses_t = torch.tensor(out["losses"] if out else [0.0] * spec.steps, dtype=torch.float64,
+                            device=ctx.d.device)
+    dist.broadcast(losses_t, src=0)
+    losses = losses_t.tolist()
     return TrialResult("ok", peak_bytes=int(peak), step_s=step_s,
                        tokens_per_s=spec.batch * spec.seq_len / step_s if step_s else 0.0,
                        losses=losses)
