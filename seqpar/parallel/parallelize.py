@@ -222,8 +222,10 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
         if dims.tp > 1:
             raise ValueError(f"mlp chunk {mlp_chunk} needs tp=1 (got tp={dims.tp}): the "
                              f"TP MLP's sequence reduce-scatter cannot run per tile")
+        from ..memory.norm import apply_lean_norm
         from ..memory.tiled_mlp import apply_tiled_mlp
         apply_tiled_mlp(model, mlp_chunk)
+        apply_lean_norm(model)  # norms keep their input only (docs/memory.md)
     mode = {True: "full", False: "none"}.get(activation_checkpointing, activation_checkpointing)
     if mode == "full" and offload_layers is None:
         apply_activation_checkpointing(model)
