@@ -210,3 +210,14 @@ def test_train_linformer_bad_options():
         check_values(_train_cfg(1, linformer_k=64))
     with pytest.raises(ValueError, match="tp=1"):
         check_values(_train_cfg(2, tp=2, sp=1))
+
+
+def test_linformer_init_keeps_the_projected_scale():
+    """E/F ~ N(0, 1/sqrt(L)) in both inits (a projected row sums L tokens), not 0.02."""
+    from seqpar.models.init import init_rule
+
+    cfg = _cfg()
+    kind, std = init_rule("layers.1.attention.linformer.e", cfg)
+    assert kind == "normal" and abs(std * L ** 0.5 - 1) < 1e-12
+    e = _model().layers[0].attention.linformer.e
+    assert abs(e.std().item() * L ** 0.5 - 1) < 0.2

@@ -14,7 +14,8 @@ slice. Values are drawn on CPU in fp32, so they are the same on every device.
 
 Rules (GPT-2/Llama style, as before): norms 1, embedding and projections
 N(0, 0.02), residual outputs (``wo``, ``w2``) N(0, 0.02 / sqrt(2 n_layers)), an
-untied LM head N(0, 0.02 / sqrt(2)).
+untied LM head N(0, 0.02 / sqrt(2)), Linformer's E/F N(0, 1 / sqrt(max_seq_len)) (as
+``LinformerProjection.init_weights``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def init_rule(name: str, cfg: ModelConfig) -> tuple[str, float]:
         return "normal", STD / math.sqrt(2)
     if owner in ("wo", "w2"):
         return "normal", STD / math.sqrt(2 * cfg.n_layers)
+    if owner == "linformer":  # E/F (k, L): a projected row sums L tokens, keep its scale
+        return "normal", 1.0 / math.sqrt(max(cfg.max_seq_len, 1))
     return "normal", STD
 
 
