@@ -152,9 +152,9 @@ def test_planner_takes_the_hf_shape(folder):
     assert got.config == want.config and got.reserved_gpu == want.reserved_gpu
     cfg = TrainConfig(hf=str(folder / "llama"), data=str(folder / "a.jsonl"), seq_len=65536,
                       batch_size=1, sp=2, memory="auto").resolve(2, cuda=False)
-    line = plan_memory([cfg], cfg, cuda=False, gpu_memory_gib=0.05)
+    line = plan_memory([cfg], cfg, cuda=False, gpu_memory_gib=2.0)
     assert line.startswith("memory: auto: --loss-chunk") and "predicted peak" in line, line
     manual = TrainConfig(hf=str(folder / "llama"), data=str(folder / "a.jsonl"),
                          seq_len=2**22, batch_size=1, sp=2).resolve(2, cuda=False)
     with pytest.raises(ValueError, match="the planner predicts this configuration will not"):
-        plan_memory([manual], manual, cuda=False, gpu_memory_gib=0.05)
+        plan_memory([manual], manual, cuda=False, gpu_memory_gib=2.0)
