@@ -7,6 +7,8 @@
 # Both runs take --memory auto: the planner sees the same shape for both (seqpar.hf.memory.
 # planner_config == model_config; tests/test_hf_memory.py) so it picks the same options
 # (chunked loss, tiled MLP, selective/full checkpointing); the chosen line is recorded.
+# --no-documents: both attend causally over the whole window (the native byte data and the
+# HF word data would otherwise split it into different documents).
 # Output: $OUT/hf_vs_native.json (tokens/s/GPU, peak memory per rank, options, HF/native speed
 # ratio) plus each run's metrics .jsonl and log.   bash scripts/gpu_hf_vs_native.sh
 set -u
@@ -27,7 +29,8 @@ if [ ! -f $HF/model.safetensors.index.json ]; then  # written last
     kill -0 $MAKE 2>/dev/null || break; sleep 2; done
 fi
 COMMON="--seq-len $LEN --batch-size 1 --steps $STEPS --warmup 1 --log-every 1 --nproc $GPUS
-  --sp $GPUS --strategy ring --layout zigzag --dtype bfloat16 --memory auto --data $DATA"
+  --sp $GPUS --strategy ring --layout zigzag --dtype bfloat16 --memory auto --data $DATA
+  --no-documents"
 run() {  # name, budget seconds, model args
   local name=$1 budget=$2; shift 2
   echo "=== $name: $*"
