@@ -22,8 +22,8 @@ from seqpar.train import TrainConfig, train
 from seqpar.train.cli import main
 
 TOL = 1e-5
-ALONE = [dict(loss_chunk=12), dict(mlp_chunk=8), dict(activation_checkpointing="full"),
-         dict(activation_checkpointing="selective"), dict(activation_checkpointing="offload"),
+# offload of layer 0 runs layer 1 fully checkpointed: both modes in one case
+ALONE = [dict(loss_chunk=12), dict(mlp_chunk=8), dict(activation_checkpointing="selective"),
          dict(activation_checkpointing="offload", offload_layers=1)]
 COMBINED = dict(loss_chunk=20, mlp_chunk=8, activation_checkpointing="offload",
                 offload_layers=1)
@@ -125,6 +125,9 @@ def test_options_accepted_by_the_cli_and_planner_shape(folder, capfd):
 
 
 def test_planner_takes_the_hf_shape(folder):
+    import importlib.util
+    import os
+
     from transformers import LlamaConfig
 
     from seqpar.hf.memory import planner_config
@@ -136,14 +139,22 @@ def test_planner_takes_the_hf_shape(folder):
                           num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
     native = model_config("8b", vocab_size=128256)
     assert planner_config(llama8b) == native  # the same shape: the same plan
+    # scripts/make_hf_model.py's folders are the native sizes (gpu_hf_vs_native.sh)
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_hf_model.py")
+    spec = importlib.util.spec_from_file_location("make_hf_model", script)
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    for size in ("8b", "1b"):
+        assert planner_config(make.llama_config(size, 128256, 131072)) == \
+            model_config(size, vocab_size=128256), size
     want = best(native, 131072, 2, 140.0, 1000.0)
     got = best(planner_config(llama8b), 131072, 2, 140.0, 1000.0)
     assert got.config == want.config and got.reserved_gpu == want.reserved_gpu
     cfg = TrainConfig(hf=str(folder / "llama"), data=str(folder / "a.jsonl"), seq_len=65536,
                       batch_size=1, sp=2, memory="auto").resolve(2, cuda=False)
-    line = plan_memory([cfg], cfg, cuda=False, gpu_memory_gib=0.05)
+    line = plan_memory([cfg], cfg, cuda=False, gpu_memory_gib=2.0)
     assert line.startswith("memory: auto: --loss-chunk") and "predicted peak" in line, line
     manual = TrainConfig(hf=str(folder / "llama"), data=str(folder / "a.jsonl"),
                          seq_len=2**22, batch_size=1, sp=2).resolve(2, cuda=False)
     with pytest.raises(ValueError, match="the planner predicts this configuration will not"):
-        plan_memory([manual], manual, cuda=False, gpu_memory_gib=0.05)
+        plan_memory([manual], manual, cuda=False, gpu_memory_gib=2.0)
