@@ -2,7 +2,7 @@
 # Issue 13, the longest sequence: one case per call (each fits in one 10-minute call).
 #   CASE=plan     planner predictions (8b, V=128256) for 1/2/4/8 GPUs and its maxima (no GPU work)
 #   CASE=128k|256k|512k   8b, 32 layers, V=128256 on 2xH200, --memory auto (the planner's
-#                 choice), STEPS steps (default 4 / 3 / 2): step time, tokens/s/GPU, causal-MFU,
+#                 choice), STEPS steps (default 4 / 3 / 1): step time, tokens/s/GPU, causal-MFU,
 #                 peak GPU (allocated) and host memory against the planner's prediction
 #   CASE=256k_plain  the same 256K run without tiling/offload (chunked loss + full AC only;
 #                 --force past the planner): the cost of the memory options at 256K
@@ -27,7 +27,7 @@ grep MemTotal /proc/meminfo
 host_sampler() {  # the largest used host memory (MemTotal - MemAvailable), bytes, into $1
   local peak=0 used
   while true; do
-    used=$(awk '/MemTotal/{t=$2}/MemAvailable/{a=$2}END{print (t-a)*1024}' /proc/meminfo)
+    used=$(awk '/MemTotal/{t=$2}/MemAvailable/{a=$2}END{printf "%.0f\n", (t-a)*1024}' /proc/meminfo)
     [ "$used" -gt "$peak" ] && peak=$used && echo "$peak" > "$1"
     sleep 1
   done
@@ -75,12 +75,12 @@ case "$CASE" in
   128k) run_train 128k 2 131072 32 "${STEPS:-4}" auto 560 ;;
   256k) run_train 256k 2 262144 32 "${STEPS:-3}" auto 570 ;;
   256k_plain) run_train 256k_plain 2 262144 32 "${STEPS:-3}" 2048,0,full,0,0 570 ;;
-  512k) run_train 512k 2 524288 32 "${STEPS:-2}" auto 580 ;;
-  cut1m) run_train cut1m 2 1048576 4 "${STEPS:-2}" 2048,8192,offload,4,0 580 ;;
+  512k) run_train 512k 2 524288 32 "${STEPS:-1}" auto 540 ;;  # one step: ~5 min expected
+  cut1m) run_train cut1m 2 1048576 4 "${STEPS:-2}" 2048,8192,offload,4,0 540 ;;
   one)
     python3 -m seqpar.cli plan --model 8b --vocab-size $V --seq-len 524288 --gpus 1 \
       --gpu-memory-gib 139 --host-memory-gib 128 | tee "$OUT/plan_one_8b_full.txt"
-    run_train one16 1 "${SEQ:-524288}" 16 "${STEPS:-2}" auto 580 ;;
+    run_train one16 1 "${SEQ:-524288}" 16 "${STEPS:-1}" auto 540 ;;
   torchcp)
     LENS=131072 OUT=$OUT timeout 400 python3 -m torch.distributed.run --nproc-per-node 2 \
       scripts/reference/e2e_torch_cp_llama8b.py 2>&1 | grep -v "^\[W" | tail -12
