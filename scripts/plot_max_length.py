@@ -47,9 +47,9 @@ def main(out: str = "benchmarks/results/max_length_vs_gpus.png") -> int:
     ax.plot(gs, [ours[g] / 1e6 for g in gs], "o-", label="seqpar (planner, 8B, V=128K, H200)")
     for g in gs:
         if ours[g] == 0:
-            ax.annotate("nothing fits:\nhost memory", (g, 0), textcoords="offset points",
+            ax.annotate("nothing fits:\n128 GiB host", (g, 0), textcoords="offset points",
                         xytext=(5, 10), fontsize=8)
-    ax.plot(sorted(ALST), [ALST[g] / 1e6 for g in sorted(ALST)], "s--",
+    ax.plot(sorted(ALST), [ALST[g] / 1e6 for g in sorted(ALST)], "s", markersize=8,
             label="ALST (published, H100 80 GB)")
     ax.plot(sorted(TORCH_CP), [TORCH_CP[g] / 1e6 for g in sorted(TORCH_CP)], "x",
             markersize=10, label="PyTorch CP + FSDP2 (measured; 128K OOM)")
