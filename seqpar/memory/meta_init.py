@@ -52,11 +52,24 @@ def full_shape(name: str, param: torch.Tensor, tp_plan: dict[str, int] | None,
 
 @torch.no_grad()
 def init_shards(model: nn.Module, cfg: ModelConfig, seed: int, *,
-                tp_plan: dict[str, int] | None = None, tp_rank: int = 0, tp: int = 1) -> int:
+                tp_plan: dict[str, int] | None = None, tp_rank: int = 0, tp: int = 1,
+                seq_sharded: dict | None = None) -> int:
     """Fill every local shard of ``model`` (after ``to_empty``) and recompute the rotary
-    tables. Returns the number of elements this rank initialised."""
+    tables. ``seq_sharded`` maps the names of sequence-sharded parameters (Linformer's
+    E/F, :class:`seqpar.parallel.linformer.SeqShard`) to how they are split: those are
+    drawn whole (they are small, ``(k, L)``) and this rank's columns kept. Returns the
+    number of elements this rank initialised."""
     done = 0
     for name, param in model.named_parameters():
+        if seq_sharded and name in seq_sharded:
+            shard = seq_sharded[name]
+            shape = (*param.shape[:-1], shard.length)
+            whole = torch.empty(shape, dtype=param.dtype)
+            fill_region(whole, name, shape, tuple(slice(0, n) for n in shape), cfg, seed)
+            # (k, L) -> (k, L_local): the columns of this rank's tokens
+            param.copy_(whole.index_select(-1, shard.positions("cpu")).to(param.device))
+            done += param.numel()
+            continue
         shape = full_shape(name, param, tp_plan, tp)
         region = shard_region(name, shape, param, tp_plan, tp_rank, tp)
         local = param.to_local() if hasattr(param, "to_local") else param
@@ -75,7 +88,7 @@ def init_shards(model: nn.Module, cfg: ModelConfig, seed: int, *,
 
 def materialize(model: nn.Module, cfg: ModelConfig, seed: int, device: torch.device, *,
                 tp_plan: dict[str, int] | None = None, tp_rank: int = 0,
-                tp: int = 1) -> float:
+                tp: int = 1, seq_sharded: dict | None = None) -> float:
     """``to_empty(device)`` then :func:`init_shards`; returns the seconds it took."""
     t0 = time.perf_counter()
     ties: dict[int, list[tuple[nn.Module, str]]] = {}  # tied weights (the tiny LM head)
@@ -87,7 +100,8 @@ def materialize(model: nn.Module, cfg: ModelConfig, seed: int, device: torch.dev
     for (first, attr), *others in (v for v in ties.values() if len(v) > 1):
         for module, other in others:
             setattr(module, other, getattr(first, attr))
-    init_shards(model, cfg, seed, tp_plan=tp_plan, tp_rank=tp_rank, tp=tp)
+    init_shards(model, cfg, seed, tp_plan=tp_plan, tp_rank=tp_rank, tp=tp,
+                seq_sharded=seq_sharded)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0

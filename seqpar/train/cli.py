@@ -75,7 +75,15 @@ _HELP = {
               "or auto (the planner picks the memory options); docs/memory.md",
     "force": "run a --memory manual configuration predicted not to fit",
     "vocab_size": "model embedding/head rows (>= the data's vocabulary; default: the data's)",
+    "attention": "softmax (exact) or linformer (bert-* only: K/V projected along the "
+                 "sequence to --linformer-k rows; docs/linformer.md)",
+    "linformer_k": "with --attention linformer: projected length k (<= --seq-len)",
     "n_layers": "cut (or grow) --model to this many blocks (default: the size's own)",
+    "pp": "pipeline-parallel degree: the layers are cut into pp stages (default 1; "
+          "docs/training.md, 4D parallelism)",
+    "pp_schedule": "pipeline schedule: gpipe, 1f1b, interleaved (default 1f1b)",
+    "microbatches": "microbatches per step and dp rank in the pipeline (default: pp)",
+    "virtual_stages": "stages per pp rank for --pp-schedule interleaved (>= 2)",
 }
 
 
@@ -173,7 +181,7 @@ def _world_size(cfg: TrainConfig, cuda: bool, gpus: int) -> int:
     if cuda:
         return gpus
     if cfg.sp is not None:
-        return (cfg.dp or 1) * cfg.sp * (cfg.tp or 1)
+        return (cfg.dp or 1) * cfg.sp * (cfg.tp or 1) * (cfg.pp or 1)
     given = [cfg.dp, cfg.sp, cfg.tp]
     return 4 if all(g is None for g in given) else max(4, (cfg.dp or 1) * (cfg.tp or 1))
 
@@ -204,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--nproc must be >= 1, got {cfg.nproc}")
         resolved = cfg.resolve(world, cuda=cuda)
         preflight(resolved, world)
-        # the planner models the native --model shapes only (an --hf model: not yet)
-        header = "" if resolved.hf else plan_memory([cfg], resolved, cuda=cuda)
+        header = plan_memory([cfg], resolved, cuda=cuda)  # --hf: the folder's shape
         if header and os.environ.get("RANK", "0") == "0":
             print(header, flush=True)
     except (ValueError, OSError) as exc:

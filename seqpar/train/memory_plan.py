@@ -72,6 +72,15 @@ def describe(mc, n_layers: int) -> str:
                      if getattr(cfg, k) is not None)
 
 
+def hf_planner_config(path: str):
+    """The planner's :class:`~seqpar.models.ModelConfig` of the ``--hf`` folder ``path``."""
+    from transformers import AutoConfig
+
+    from ..hf.memory import planner_config
+
+    return planner_config(AutoConfig.from_pretrained(path, local_files_only=True))
+
+
 def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
                 gpu_memory_gib: float | None = None) -> str:
     """Apply ``--memory`` to every config in ``cfgs`` (in place); returns the header line
@@ -92,8 +101,12 @@ def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
         import torch
 
         gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / GiB
-    data = make_dataset(resolved.data, resolved.seq_len, arch=model_config(resolved.model).arch)
-    mcfg = model_config(resolved.model, **resolved.model_overrides(data.vocab_size))
+    if resolved.hf:  # an --hf folder: its config.json's shape (seqpar.hf.memory)
+        mcfg = hf_planner_config(resolved.hf)
+    else:
+        data = make_dataset(resolved.data, resolved.seq_len,
+                            arch=model_config(resolved.model).arch)
+        mcfg = model_config(resolved.model, **resolved.model_overrides(data.vocab_size))
     if mcfg.arch != "decoder":
         return "memory: the planner models decoders; planning skipped"
     length = resolved.seq_len * max(1, resolved.batch_size // resolved.dp)

@@ -135,16 +135,18 @@ class Progress:
         self.recent_acc = (self.recent_acc + [out.accuracy])[-20:]
         done = step + 1
         tps = self.timed_tokens / self.timed_seconds if self.timed_seconds else n_tokens / dt
+        extra = getattr(out, "metrics", None) or {}  # e.g. the pipeline bubble
         self.metrics.write({"step": done, "loss": out.loss, "accuracy": out.accuracy,
                             "lr": out.lr, "grad_norm": out.grad_norm,
                             "tokens_per_s": n_tokens / dt, "step_time_s": dt,
-                            "labelled_tokens": out.tokens})
+                            "labelled_tokens": out.tokens, **extra})
         if self.show and (self.tty or done % self.log_every == 0 or done == self.end
                           or done == self.start + 1):
             acc = sum(self.recent_acc) / len(self.recent_acc)
             line = (f"{_bar(done, self.steps)} step {done}/{self.steps} | loss {out.loss:.4f} "
                     f"| acc {100 * acc:5.1f}%{_chance(self.result.chance)} | "
-                    f"{tps:,.0f} tok/s | lr {out.lr:.2e}")
+                    f"{tps:,.0f} tok/s | lr {out.lr:.2e}"
+                    + (f" | bubble {100 * extra['bubble']:.0f}%" if "bubble" in extra else ""))
             self._open_line = self.tty and done < self.end
             print(("\r" + line) if self.tty else line, end="" if self._open_line else "\n",
                   flush=True)
