@@ -100,3 +100,25 @@ def test_rank_never_holds_the_whole_model(spawn):
     full = model_config("1b", n_layers=3, vocab_size=264).num_params() * 4
     assert full > 650 * 2**20
     spawn(_peak_host, 2, full)
+
+
+def _live_peak_dtensor(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from seqpar.memory.measure import LivePeak
+
+    mesh = init_device_mesh("cpu", (world,))
+    a = distribute_tensor(torch.randn(256, 64), mesh, [Shard(0)])
+    with LivePeak() as m:
+        b = a * 2  # a DTensor output: its local shard's storage is what is counted
+        c = b + 1
+        del b
+        d = c.to_local() * 3
+    local = 256 // world * 64 * 4
+    assert m.peak == 2 * local and m.live == 2 * local, (m.peak, m.live, local)
+    assert d.shape == (256 // world, 64)
+
+
+def test_live_peak_counts_dtensor_shards(spawn):
+    spawn(_live_peak_dtensor, 2)

@@ -10,7 +10,9 @@ Scheme: a parameter's dim-0 rows are cut into blocks of ``ROWS_PER_SEED`` rows;
 block ``j`` is ``std * randn(rows of block j, *rest)`` drawn from a generator
 seeded by ``(seed, crc32(name), j)``. A shard covering rows ``[r0, r1)`` and any
 columns draws the blocks overlapping ``[r0, r1)`` (whole rows) and keeps its
-slice. Values are drawn on CPU in fp32, so they are the same on every device.
+slice. Values are drawn in fp32 on CPU, or on the parameter's GPU when it lives on
+one (CPU generation of 8B values takes minutes): a GPU's Philox stream differs from
+the CPU's, so GPU runs agree with GPU runs of any degrees, CPU runs with CPU runs.
 
 Rules (GPT-2/Llama style, as before): norms 1, embedding and projections
 N(0, 0.02), residual outputs (``wo``, ``w2``) N(0, 0.02 / sqrt(2 n_layers)), an
@@ -62,17 +64,19 @@ def _block_seed(seed: int, name: str, block: int) -> int:
 
 
 def normal_rows(seed: int, name: str, shape: tuple[int, ...], std: float,
-                rows: slice) -> torch.Tensor:
-    """Rows ``rows`` of ``name``'s full ``shape`` init, fp32 on CPU: ``(r1 - r0, *shape[1:])``."""
+                rows: slice, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Rows ``rows`` of ``name``'s full ``shape`` init, fp32 on ``device`` (cpu or cuda):
+    ``(r1 - r0, *shape[1:])``."""
     r0, r1 = rows.start or 0, shape[0] if rows.stop is None else rows.stop
     rest = tuple(shape[1:])
     if r1 <= r0:
-        return torch.empty((0, *rest))
+        return torch.empty((0, *rest), device=device)
     parts = []
     for j in range(r0 // ROWS_PER_SEED, (r1 - 1) // ROWS_PER_SEED + 1):
         b0, b1 = j * ROWS_PER_SEED, min((j + 1) * ROWS_PER_SEED, shape[0])
-        g = torch.Generator().manual_seed(_block_seed(seed, name, j))
-        block = torch.randn((b1 - b0, *rest), generator=g) * std  # (rows of block j, *rest)
+        g = torch.Generator(device=device).manual_seed(_block_seed(seed, name, j))
+        # (rows of block j, *rest): always the whole block, so any shard draws the same
+        block = torch.randn((b1 - b0, *rest), generator=g, device=device) * std
         parts.append(block[max(r0, b0) - b0:min(r1, b1) - b0])
     return torch.cat(parts)
 
@@ -89,7 +93,8 @@ def fill_region(param: torch.Tensor, name: str, full_shape: tuple[int, ...],
     if kind == "zeros" or param.numel() == 0:
         param.zero_()
         return
-    values = normal_rows(seed, name, full_shape, std, region[0])
+    device = param.device if param.device.type == "cuda" else torch.device("cpu")
+    values = normal_rows(seed, name, full_shape, std, region[0], device)
     values = values[(slice(None), *region[1:])]  # whole rows -> this shard's columns
     param.copy_(values.to(param.dtype))
 
