@@ -4,11 +4,11 @@ sequence, tensor and data parallelism, exactly equal to the one-process run.
 ``tiny`` with 4 layers, float32: every step's global loss and every parameter's
 gradient after step 1 agree with a single-process run (no torch.distributed)
 within 1e-5 relative, for pp=2 x sp=2 (every schedule, FSDP2 and replicated,
-packed documents with activation checkpointing; the metrics carry the measured bubble), pp=2 x sp=2 x tp=2 and
-pp=2 x dp=2 x sp=2 (8 ranks), pp=4 x sp=2. DCP checkpoints written under pp=2 x sp=2
-resume under pp=1 x sp=4 and the reverse with the same subsequent losses. Bad
-configurations are errors before any process group exists. One spawn per world
-size; the cases loop inside it.
+packed documents with activation checkpointing), pp=2 x sp=2 x tp=2 and
+pp=2 x dp=2 x sp=2 (8 ranks), pp=4 x sp=2; the metrics carry the measured bubble.
+DCP checkpoints written under pp=2 x sp=2 resume under pp=1 x sp=4 and the
+reverse with the same subsequent losses. Bad configurations are errors before
+any process group exists. One spawn per world size; the cases loop inside it.
 """
 
 from __future__ import annotations
