@@ -5,7 +5,7 @@ sequence, tensor and data parallelism, exactly equal to the one-process run.
 gradient after step 1 agree with a single-process run (no torch.distributed)
 within 1e-5 relative, for pp=2 x sp=2 (every schedule, FSDP2 and replicated,
 packed documents with activation checkpointing), pp=2 x sp=2 x tp=2 and
-pp=2 x dp=2 x sp=2 (8 ranks), pp=4 x sp=2; the metrics carry the measured bubble.
+pp=2 x dp=2 x sp=2 (8 ranks), pp=4 x sp=2, pp=2 x hybrid sp=4; the metrics carry the bubble.
 DCP checkpoints written under pp=2 x sp=2 resume under pp=1 x sp=4 and the
 reverse with the same subsequent losses. Bad configurations are errors before
 any process group exists. One spawn per world size; the cases loop inside it.
@@ -121,6 +121,7 @@ def test_pipeline_parity_8_ranks(spawn, refs, tmp_path):
         dict(pp=2, sp=2, tp=2, pp_schedule="interleaved", virtual_stages=2, microbatches=2,
              fsdp=False, strategy="ulysses", layout="contiguous"),
         dict(pp=4, sp=2, microbatches=4, fsdp=True),
+        dict(pp=2, sp=4, strategy="hybrid", ulysses=2, ring=2, layout="striped", fsdp=True),
     ]
     spawn(_grid, 8, refs, cases, str(tmp_path))
 
