@@ -5,10 +5,10 @@ sequence, tensor and data parallelism, exactly equal to the one-process run.
 gradient after step 1 agree with a single-process run (no torch.distributed)
 within 1e-5 relative, for pp=2 x sp=2 (every schedule, FSDP2 and replicated,
 packed documents with activation checkpointing), pp=2 x sp=2 x tp=2 and
-pp=2 x dp=2 x sp=2 (8 ranks), pp=4 x sp=2. DCP checkpoints written under pp=2 x sp=2
-resume under pp=1 x sp=4 and the reverse with the same subsequent losses. Bad
-configurations are errors before any process group exists. One spawn per world
-size; the cases loop inside it.
+pp=2 x dp=2 x sp=2 (8 ranks), pp=4 x sp=2, pp=2 x hybrid sp=4; the metrics carry the bubble.
+DCP checkpoints written under pp=2 x sp=2 resume under pp=1 x sp=4 and the
+reverse with the same subsequent losses. Bad configurations are errors before
+any process group exists. One spawn per world size; the cases loop inside it.
 """
 
 from __future__ import annotations
@@ -73,9 +73,18 @@ def _grid(rank, world, refs, cases, ckpt_root):
             failures += _compare(f"world={world} {case}", losses, None, refs[ref_key])
             continue
         probe = FirstGrads()
-        losses = train(_cfg(world, **kw), quiet=True, on_gradients=probe).losses
+        metrics = f"{ckpt_root}/metrics-{world}-{cases.index(case)}-{rank}.jsonl"
+        losses = train(_cfg(world, metrics=metrics, **kw), quiet=True,
+                       on_gradients=probe).losses
         failures += _compare(f"world={world} {case} (rank {rank})", losses, probe.grads,
                              refs[ref_key])
+        if rank == 0:  # the measured bubble: every step, every pp rank, a fraction
+            rows = [json.loads(line) for line in open(metrics)]
+            pp = kw.get("pp", 1)
+            bad = [r for r in rows if not (0 <= r["bubble"] < 1
+                                           and len(r["bubble_per_stage"]) == pp)]
+            if len(rows) != STEPS or bad:
+                failures.append(f"{case}: metrics rows without a valid bubble: {bad or rows}")
     assert not failures, "\n".join(failures)
 
 
@@ -112,6 +121,7 @@ def test_pipeline_parity_8_ranks(spawn, refs, tmp_path):
         dict(pp=2, sp=2, tp=2, pp_schedule="interleaved", virtual_stages=2, microbatches=2,
              fsdp=False, strategy="ulysses", layout="contiguous"),
         dict(pp=4, sp=2, microbatches=4, fsdp=True),
+        dict(pp=2, sp=4, strategy="hybrid", ulysses=2, ring=2, layout="striped", fsdp=True),
     ]
     spawn(_grid, 8, refs, cases, str(tmp_path))
 

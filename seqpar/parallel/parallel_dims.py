@@ -95,6 +95,8 @@ class ParallelDims:
         elif v != 1:
             out.append(f"virtual_stages={v} needs pp_schedule='interleaved' "
                        f"(got {self.pp_schedule!r})")
+        if pp == 1 and v > 1:
+            out.append(f"virtual_stages={v} needs pp > 1")
         if self.pp_schedule == "1f1b" and pp > 1 and m < pp:
             out.append(f"pp_schedule='1f1b' needs microbatches >= pp={pp}, got {m}")
         if n_layers is not None and pp > 1 and (n_layers % self.n_stages or

@@ -131,14 +131,16 @@ def parallelize_pipeline(model: nn.Module, dims: ParallelDims, mesh, *, device: 
     whole.model = StageModules(stages)
     whole.tp_plan = {k: v for h in handles for k, v in h.tp_plan.items()}
     # the activations between stages: the FSDP2 compute dtype, else fp32 (autocast
-    # leaves the residual stream in fp32)
-    act_dtype = param_dtype if (whole.fsdp and param_dtype is not None) else torch.float32
+    # leaves the residual stream in fp32); the head's logits: the compute dtype
+    compute = param_dtype or torch.float32
+    act_dtype = compute if whole.fsdp else torch.float32
     microbatch = batch_size // (dims.dp * dims.n_microbatches)
     local_len = seq_len // (dims.sp * dims.tp)
     pp_group = mesh["pp"].get_group()
     pipe_stages = [make_stage(s, s.stage, dims.n_stages, device, pp_group,
                               microbatch=microbatch, local_len=local_len, dim=cfg.dim,
-                              vocab=cfg.vocab_size, act_dtype=act_dtype) for s in stages]
+                              vocab=cfg.vocab_size, act_dtype=act_dtype,
+                              logits_dtype=compute) for s in stages]
     whole.loss_fn = MicrobatchLoss()
     whole.schedule = make_schedule(dims.pp_schedule, pipe_stages, dims.n_microbatches,
                                    whole.loss_fn)

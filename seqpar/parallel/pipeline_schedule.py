@@ -99,8 +99,9 @@ def _meta(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 def make_stage(module: nn.Module, stage: int, n_stages: int, device: torch.device, group, *,
                microbatch: int, local_len: int, dim: int, vocab: int,
-               act_dtype: torch.dtype):
-    """A :class:`PipelineStage` with its microbatch input/output shapes declared."""
+               act_dtype: torch.dtype, logits_dtype: torch.dtype):
+    """A :class:`PipelineStage` with its microbatch input/output shapes declared
+    (``act_dtype``: the hidden state between stages; ``logits_dtype``: the head's)."""
     from torch.distributed.pipelining import PipelineStage
 
     first, last = stage == 0, stage == n_stages - 1
@@ -108,7 +109,8 @@ def make_stage(module: nn.Module, stage: int, n_stages: int, device: torch.devic
     inputs = (_meta((microbatch, local_len), torch.long) if first
               else _meta((microbatch, local_len, dim), act_dtype))
     # logits (mb, L, V) on the last stage, else the hidden state (mb, L, dim)
-    outputs = _meta((microbatch, local_len, vocab if last else dim), act_dtype)
+    outputs = (_meta((microbatch, local_len, vocab), logits_dtype) if last
+               else _meta((microbatch, local_len, dim), act_dtype))
     return PipelineStage(module, stage, n_stages, device, input_args=(inputs,),
                          output_args=(outputs,), group=group)
 
