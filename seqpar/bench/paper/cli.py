@@ -74,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-checkpointing", action="store_true",
                    help="no activation checkpointing (on both sides)")
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    p.add_argument("--linformer-k", type=int, default=None,
+                   help="experiment 4: Linformer's projected length (256)")
     return p
 
 
@@ -104,7 +106,8 @@ def make_plan(args: argparse.Namespace, nproc: int) -> Plan:
     if set(exps) - {1, 2, 3, 4}:
         fail(f"--experiments {args.experiments}: choose from 1,2,3,4")
     over = {k: getattr(args, k) for k in ("batch_len", "batch_start", "fixed_batch",
-                                          "weak_batch", "weak_len", "max_trials")
+                                          "weak_batch", "weak_len", "max_trials",
+                                          "linformer_k")
             if getattr(args, k) is not None}
     for k, v in over.items():
         if v < 1:
@@ -218,6 +221,10 @@ def main(argv: list[str] | None = None, *, factory=None, wire=None) -> int:
     from ... import launch
 
     backend = None if cuda else "gloo"
+    if factory is None and wire is None and 4 in plan.experiments:
+        from .linformer_hooks import hooks as linformer_hooks
+
+        factory, wire = linformer_hooks(plan.linformer_k)  # (None, None) without Linformer
     hooks = (factory, wire) if factory or wire else None
     # a rank that ran out of memory alone while its peers wait in a collective fails
     # the run after this long instead of holding the GPUs for c10d's default
