@@ -10,7 +10,11 @@
 # slow model cannot starve the other; each search stops after SEARCH_S seconds or
 # MAX_TRIALS trials (its maximum is then printed as "≥N", a lower bound). Writes under
 # $OUT: paper_<model>_p<N>/{paper.json,paper.txt,paper_<model>.png} and a log per model.
-# Knobs: MODELS, METHODS, MINUTES, SEARCH_S, MAX_TRIALS, EXPERIMENTS, CAP_GIB, EXTRA.
+# Knobs: MODELS, METHODS, MINUTES, SEARCH_S, MAX_TRIALS, EXPERIMENTS, CAP_GIB (none: no
+# cap), EXTRA (more options). Experiment 4 (Linformer under SP, once the linformer branch
+# is merged) as its own call, uncapped, lengths from 128K doubling (issue 16: >= 1M tokens):
+#   MODELS=bert-base EXPERIMENTS=4 CAP_GIB=none MINUTES=8 SEARCH_S=400 \
+#     EXTRA="--batch-len 131072" bash scripts/gpu_paper.sh
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -35,8 +39,9 @@ for model in $MODELS; do
   echo "=== $model on $NPROC GPU(s), cap $CAP_GIB GiB"
   # hard stop 20 s after the budget: a trial that started just before it may finish
   limit=$("$PY" -c "print(int($MINUTES * 60 + 20))")
+  cap=(--gpu-memory-gib "$CAP_GIB"); [ "$CAP_GIB" = none ] && cap=()
   timeout "$limit" "$PY" -m seqpar.cli bench paper --models "$model" --nproc "$NPROC" \
-    --gpu-memory-gib "$CAP_GIB" --methods "$METHODS" --experiments "$EXPERIMENTS" \
+    "${cap[@]}" --methods "$METHODS" --experiments "$EXPERIMENTS" \
     --max-minutes "$MINUTES" --search-seconds "$SEARCH_S" --max-trials "$MAX_TRIALS" \
     --batch-start 8 --out "$dir" ${EXTRA:-} 2>&1 | grep -v "^\[W" | tee "$OUT/paper_${model}_p$NPROC.log" | tail -60
   rc=${PIPESTATUS[0]}
