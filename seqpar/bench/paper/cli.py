@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--experiments", default="1,2,3,4")
     p.add_argument("--batch-len", type=int, default=None, help="experiment 1's length (512)")
+    p.add_argument("--batch-start", type=int, default=None,
+                   help="experiment 1's search starts at this batch (1)")
     p.add_argument("--fixed-batch", type=int, default=None, help="experiment 2's batch (64)")
     p.add_argument("--weak-batch", type=int, default=None, help="experiment 3's batch at P=1")
     p.add_argument("--weak-len", type=int, default=None, help="experiment 3's length at P=1")
@@ -72,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-checkpointing", action="store_true",
                    help="no activation checkpointing (on both sides)")
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    p.add_argument("--linformer-k", type=int, default=None,
+                   help="experiment 4: Linformer's projected length (256)")
     return p
 
 
@@ -101,8 +105,10 @@ def make_plan(args: argparse.Namespace, nproc: int) -> Plan:
     exps = _ints(args.experiments, "--experiments")
     if set(exps) - {1, 2, 3, 4}:
         fail(f"--experiments {args.experiments}: choose from 1,2,3,4")
-    over = {k: getattr(args, k) for k in ("batch_len", "fixed_batch", "weak_batch", "weak_len",
-                                          "max_trials") if getattr(args, k) is not None}
+    over = {k: getattr(args, k) for k in ("batch_len", "batch_start", "fixed_batch",
+                                          "weak_batch", "weak_len", "max_trials",
+                                          "linformer_k")
+            if getattr(args, k) is not None}
     for k, v in over.items():
         if v < 1:
             fail(f"--{k.replace('_', '-')} must be positive, got {v}")
@@ -133,10 +139,16 @@ def _rank_main(device: torch.device, plan: Plan, cap_gib: float | None, out_dir:
     cap.apply()
     ctx = TrialContext(d, cap, list(plan.gpus))
     factory, wire = hooks or (None, None)
-    results = run(ctx, plan, factory, wire)
+    meta = {**meta, "cap": cap.describe(), "device": _device_name(device), "world_size": d.world}
+
+    def save_partial(results: dict) -> None:
+        if d.rank == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "paper.partial.json"), "w") as f:
+                json.dump({"meta": meta, "results": results}, f, indent=1)
+
+    results = run(ctx, plan, factory, wire, progress=save_partial)
     if d.rank == 0:
-        meta = {**meta, "cap": cap.describe(), "device": _device_name(device),
-                "world_size": d.world}
         finish({"meta": meta, "results": results}, out_dir, cap.cap_bytes)
     return 0
 
@@ -209,9 +221,16 @@ def main(argv: list[str] | None = None, *, factory=None, wire=None) -> int:
     from ... import launch
 
     backend = None if cuda else "gloo"
+    if factory is None and wire is None and 4 in plan.experiments:
+        from .linformer_hooks import hooks as linformer_hooks
+
+        factory, wire = linformer_hooks(plan.linformer_k)  # (None, None) without Linformer
     hooks = (factory, wire) if factory or wire else None
+    # a rank that ran out of memory alone while its peers wait in a collective fails
+    # the run after this long instead of holding the GPUs for c10d's default
     return launch.run(_rank_main, nproc, plan, cap_gib, args.out, meta, hooks,
-                      prog="seqpar bench paper", backend=backend)
+                      prog="seqpar bench paper", backend=backend,
+                      timeout=datetime.timedelta(seconds=180))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..agree import from_rank0
@@ -38,6 +39,7 @@ class Plan:
     methods: tuple[str, ...]
     experiments: tuple[int, ...] = (1, 2, 3, 4)
     batch_len: int = 512  # experiment 1's length
+    batch_start: int = 1  # experiment 1's search starts here (doubling)
     fixed_batch: int = 64  # experiment 2's batch
     len_granule: int = 64  # lengths searched in multiples of len_granule * P
     weak_batch: int = 8  # experiment 3: batch and length at P = 1
@@ -130,11 +132,27 @@ def _base(plan: Plan, model: str, method: str, p: int, batch: int, seq_len: int)
                      vocab_size=plan.vocab_size)
 
 
+def same_at_one(plan: Plan, method: str) -> str | None:
+    """At P = 1 every SP method is the same one-device model, and so are tp and tp-sp:
+    the method whose row a P = 1 row copies (None: this one runs)."""
+    family = [m for m in plan.methods if (m in SP_METHODS) == (method in SP_METHODS)]
+    return None if family[0] == method else family[0]
+
+
+def _rows(plan: Plan, p: int, make) -> list[dict]:
+    """``make(method)`` for each method at P = p; P = 1 copies within a family."""
+    rows: dict[str, dict] = {}
+    for m in plan.methods:
+        twin = same_at_one(plan, m) if p == 1 else None
+        rows[m] = ({**rows[twin], "method": m, "same_as": twin} if twin else make(m))
+    return list(rows.values())
+
+
 def max_batch(ctx: TrialContext, clock: Clock, plan: Plan, model: str) -> list[dict]:
     """Experiment 1: the largest batch at ``plan.batch_len`` per (P, method)."""
-    return [_search_row(ctx, clock, _base(plan, model, m, p, 1, plan.batch_len), "batch",
-                        1, 1, plan.max_batch)
-            for p in plan.gpus for m in plan.methods]
+    return [row for p in plan.gpus for row in _rows(plan, p, lambda m, p=p: _search_row(
+        ctx, clock, _base(plan, model, m, p, plan.batch_start, plan.batch_len), "batch",
+        plan.batch_start, 1, plan.max_batch))]
 
 
 def _len_start(plan: Plan, p: int) -> tuple[int, int]:
@@ -147,9 +165,9 @@ def max_length(ctx: TrialContext, clock: Clock, plan: Plan, model: str) -> list[
     rows = []
     for p in plan.gpus:
         granule, start = _len_start(plan, p)
-        for m in plan.methods:
-            base = _base(plan, model, m, p, plan.fixed_batch, start)
-            rows.append(_search_row(ctx, clock, base, "seq_len", start, granule, plan.max_len))
+        rows += _rows(plan, p, lambda m, p=p, g=granule, s=start: _search_row(
+            ctx, clock, _base(plan, model, m, p, plan.fixed_batch, s), "seq_len", s, g,
+            plan.max_len))
     return rows
 
 
@@ -162,17 +180,20 @@ def weak_scaling(ctx: TrialContext, clock: Clock, plan: Plan, model: str) -> lis
     for name, shape in series.items():
         for p in plan.gpus:
             b, length = shape(p)
-            for m in plan.methods:
+
+            def one(m: str, p: int = p, b: int = b, length: int = length,
+                    name: str = name) -> dict:
                 row = {"series": name, "model": model, "method": m, "P": p, "batch": b,
                        "seq_len": length}
                 if clock.out_of_time(search=False):
-                    rows.append({**row, "status": "skipped", "reason": "time budget used"})
-                    continue
+                    return {**row, "status": "skipped", "reason": "time budget used"}
                 r = run_trial(_base(plan, model, m, p, b, length), ctx)
-                rows.append({**row, "status": r.status, "reason": r.reason[:300],
-                             "peak_gib": r.peak_bytes / GIB if r.ok else None,
-                             "tokens_per_s": r.tokens_per_s if r.ok else None,
-                             "step_s": r.step_s if r.ok else None})
+                return {**row, "status": r.status, "reason": r.reason[:300],
+                        "peak_gib": r.peak_bytes / GIB if r.ok else None,
+                        "tokens_per_s": r.tokens_per_s if r.ok else None,
+                        "step_s": r.step_s if r.ok else None}
+
+            rows += _rows(plan, p, one)
     return rows
 
 
@@ -202,21 +223,26 @@ def linformer(ctx: TrialContext, clock: Clock, plan: Plan, model: str,
 
 
 def run(ctx: TrialContext, plan: Plan, factory: Factory | None = None,
-        wire: Wire | None = None) -> dict:
-    """Every experiment of ``plan`` for every model: ``{model: {experiment: rows}}``."""
+        wire: Wire | None = None, progress: Callable[[dict], None] | None = None) -> dict:
+    """Every experiment of ``plan`` for every model: ``{model: {experiment: rows}}``.
+
+    ``progress(results so far)`` runs after each experiment (rank 0 saves a partial
+    JSON with it, so a run cut short still leaves its finished experiments).
+    """
     clock = Clock(ctx, plan)
     out: dict = {}
+    steps = {1: ("max_batch", max_batch), 2: ("max_length", max_length),
+             3: ("weak_scaling", weak_scaling)}
     for model in plan.models:
-        res: dict = {}
-        if 1 in plan.experiments:
-            res["max_batch"] = max_batch(ctx, clock, plan, model)
-        if 2 in plan.experiments:
-            res["max_length"] = max_length(ctx, clock, plan, model)
-        if 3 in plan.experiments:
-            res["weak_scaling"] = weak_scaling(ctx, clock, plan, model)
-        if 4 in plan.experiments:
-            res["linformer"] = linformer(ctx, clock, plan, model, factory, wire)
-        out[model] = res
+        res: dict = out.setdefault(model, {})
+        for exp in sorted(plan.experiments):
+            if exp == 4:
+                res["linformer"] = linformer(ctx, clock, plan, model, factory, wire)
+            else:
+                name, fn = steps[exp]
+                res[name] = fn(ctx, clock, plan, model)
+            if progress is not None:
+                progress(out)
     return out
 
 

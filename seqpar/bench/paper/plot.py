@@ -50,6 +50,9 @@ def save_plots(data: dict, out_dir: str) -> list[str]:
             for method, (xs, ys) in series.items():
                 style = "--" if method.startswith("tp") else "-"
                 ax.plot(xs, ys, style, marker="o", label=method)
+            ps = sorted({x for xs, _ in series.values() for x in xs})
+            if ps:
+                ax.set_xticks(ps)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("GPUs")
             ax.set_ylabel(ylabel)

@@ -168,9 +168,11 @@ def _body(spec: TrialSpec, ctx: TrialContext, factory: Factory | None,
     n_masked = int(mask.sum())
     with track_peak(device) as peak:
         torch.manual_seed(spec.seed)
-        model = (factory(spec) if factory else
-                 build_model(model_config(spec.model, vocab_size=spec.vocab_size)))
-        model = model.to(device=device, dtype=torch.float64 if spec.dtype == "fp64" else None)
+        with torch.device(device):  # initialised in place: no host copy of a large model
+            model = (factory(spec) if factory else
+                     build_model(model_config(spec.model, vocab_size=spec.vocab_size)))
+        if spec.dtype == "fp64":
+            model = model.double()
         if wire is None:
             if spec.method not in METHODS:
                 raise ValueError(f"method {spec.method!r} needs a wiring hook (wire=)")
