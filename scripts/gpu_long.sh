@@ -11,7 +11,8 @@
 #   CASE=one      1 GPU: the planner on the whole 8b (host memory binds), then 8b cut to
 #                 16 layers at 524,288 tokens under torchrun --nproc-per-node 1, --memory auto
 #   CASE=torchcp  the PyTorch context_parallel + FSDP2 baseline at 128K (expected out of memory)
-# JSON under $OUT/long_$CASE.json (scripts/long_summary.py); logs beside it.
+# JSON under $OUT/long_$CASE.json (scripts/long_summary.py); logs beside it. Env: STEPS, SEQ
+# (CASE=one), LIMIT (seconds for the training command; default per case, under 600).
 # Run: CASE=128k bash scripts/gpu_long.sh   (2xH200 except CASE=one: 1xH200)
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -34,7 +35,7 @@ host_sampler() {  # the largest used host memory (MemTotal - MemAvailable), byte
 }
 
 run_train() {  # NAME GPUS SEQ N_LAYERS STEPS OPTIONS(auto|loss,mlp,mode,k,opt) LIMIT_S [extra...]
-  local name=$1 gpus=$2 seq=$3 layers=$4 steps=$5 opts=$6 limit=$7; shift 7
+  local name=$1 gpus=$2 seq=$3 layers=$4 steps=$5 opts=$6 limit=${LIMIT:-$7}; shift 7
   python3 scripts/long_summary.py predict 8b $V "$seq" "$gpus" "$layers" "$opts" \
     "$OUT/plan_$name.json"
   local flags

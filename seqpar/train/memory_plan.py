@@ -68,8 +68,14 @@ def describe(mc, n_layers: int) -> str:
     set_memory_options(cfg, mc, n_layers)
     keys = ("loss_chunk", "mlp_chunk", "activation_checkpointing", "offload_layers",
             "offload_optimizer")
-    return ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in keys
-                     if getattr(cfg, k) is not None)
+    flags = []
+    for k in keys:
+        value, flag = getattr(cfg, k), "--" + k.replace("_", "-")
+        if isinstance(value, bool):  # a switch: named when on
+            flags += [flag] if value else []
+        elif value is not None:
+            flags.append(f"{flag} {value}")
+    return ", ".join(flags)
 
 
 def hf_planner_config(path: str):
