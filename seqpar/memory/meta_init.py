@@ -64,10 +64,11 @@ def init_shards(model: nn.Module, cfg: ModelConfig, seed: int, *,
         if seq_sharded and name in seq_sharded:
             shard = seq_sharded[name]
             shape = (*param.shape[:-1], shard.length)
-            whole = torch.empty(shape, dtype=param.dtype)
+            # drawn where the parameter lives, like an unsharded one (same values per device)
+            whole = torch.empty(shape, dtype=param.dtype, device=param.device)
             fill_region(whole, name, shape, tuple(slice(0, n) for n in shape), cfg, seed)
             # (k, L) -> (k, L_local): the columns of this rank's tokens
-            param.copy_(whole.index_select(-1, shard.positions("cpu")).to(param.device))
+            param.copy_(whole.index_select(-1, shard.positions(param.device)))
             done += param.numel()
             continue
         shape = full_shape(name, param, tp_plan, tp)
