@@ -59,10 +59,26 @@ def _holding(kept: _Kept, recomputing: bool):
         _state.holder = previous
 
 
+#: profiler range around every recomputation (``--profile-step`` counts what runs in it)
+RECOMPUTE_RANGE = "seqpar::recompute"
+
+
+def recompute_contexts():
+    """``context_fn`` for ``checkpoint``: nothing in forward, the recomputation inside
+    the :data:`RECOMPUTE_RANGE` profiler range (free when no profiler runs)."""
+    return contextlib.nullcontext(), torch.profiler.record_function(RECOMPUTE_RANGE)
+
+
+@contextlib.contextmanager
+def _recomputing(kept: _Kept):
+    with torch.profiler.record_function(RECOMPUTE_RANGE), _holding(kept, True):
+        yield
+
+
 def _selective_contexts():
     """``context_fn`` for ``checkpoint``: one fresh holder shared by both contexts."""
     kept = _Kept()
-    return _holding(kept, False), _holding(kept, True)
+    return _holding(kept, False), _recomputing(kept)
 
 
 class KeptAttention:
@@ -77,6 +93,7 @@ class KeptAttention:
     def __setattr__(self, name, value):
         setattr(self.inner, name, value)
 
+    @torch.compiler.disable  # never traced (--compile): it reads this thread's holder
     def __call__(self, q, k, v, causal, **kwargs):
         kept = getattr(_state, "holder", None)
         if kept is None:  # not inside a selective checkpoint: plain call
@@ -101,7 +118,8 @@ def _wrap(block: nn.Module, mode: str, offload: ActivationOffload | None) -> Non
 
     if mode == "full":
         def forward(*args, **kwargs):
-            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+            return checkpoint(inner, *args, use_reentrant=False, context_fn=recompute_contexts,
+                              **kwargs)
     elif mode == "selective":
         def forward(*args, **kwargs):
             attn = block.attention
@@ -112,7 +130,8 @@ def _wrap(block: nn.Module, mode: str, offload: ActivationOffload | None) -> Non
     else:  # offload
         def forward(*args, **kwargs):
             with offload.hooks():
-                return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+                return checkpoint(inner, *args, use_reentrant=False,
+                                  context_fn=recompute_contexts, **kwargs)
 
     block.forward = forward
     block._seqpar_ac = mode
