@@ -163,6 +163,31 @@ def test_speed_option_errors(capsys):
                           (["--profile-step", "9", "--steps", "3"], "--profile-step 9"),
                           (["--fused", "triton"], "--fused 'triton'"),
                           (["--peak-tflops", "0"], "--peak-tflops 0")]:
-        assert main([*argv, "--nproc", argv[argv.index("--nproc") + 1]
-                     if "--nproc" in argv else "1"] if "--nproc" not in argv else argv) == 2
+        argv = argv if "--nproc" in argv else [*argv, "--nproc", "1"]
+        assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def _prefetch_ranks(rank, world):
+    base = dict(seq_len=64, batch_size=2, steps=3, warmup=1, log_every=100, sp=world,
+                activation_checkpointing="selective")
+    plain = train(TrainConfig(**base).resolve(world, cuda=False), quiet=True).losses
+    ahead = train(TrainConfig(fsdp_prefetch=2, **base).resolve(world, cuda=False),
+                  quiet=True).losses
+    assert ahead == plain, (ahead, plain)  # prefetch moves all-gathers, not the math
+
+
+def test_fsdp_prefetch_keeps_the_losses(spawn):
+    spawn(_prefetch_ranks, 2)
+
+
+def test_fsdp_prefetch_needs_fsdp(capsys):
+    from seqpar.train.cli import main
+
+    assert main(["--fsdp-prefetch", "2", "--nproc", "1"]) == 2
+    assert "--fsdp-prefetch 2 needs FSDP2" in capsys.readouterr().err
+    from seqpar.models import build_model
+    from seqpar.parallel.prefetch import set_fsdp_prefetch
+
+    with pytest.raises(ValueError, match="not an FSDP2 unit"):
+        set_fsdp_prefetch(build_model("tiny"), 1)

@@ -81,6 +81,8 @@ _HELP = {
     "profile_step": "profile this step (1-based) and print where its time goes "
                     "(docs/training.md)",
     "peak_tflops": "peak TFLOP/s per GPU for MFU (default 989 on a GPU: H100/H200 bf16 dense)",
+    "fsdp_prefetch": "FSDP2 explicit all-gather prefetch, N blocks ahead (0: FSDP2's implicit "
+                     "one-ahead)",
 }
 
 

@@ -67,6 +67,7 @@ class TrainConfig:
     fused: str | None = None
     profile_step: int | None = None
     peak_tflops: float | None = None
+    fsdp_prefetch: int = 0
 
     @classmethod
     def keys(cls) -> list[str]:

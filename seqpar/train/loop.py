@@ -54,6 +54,9 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
                       mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
                       offload_optimizer=cfg.offload_optimizer,
                       param_dtype=cfg.torch_dtype, compile=cfg.compile)
+    if cfg.fsdp_prefetch and par.fsdp:  # --fsdp-prefetch (speed.py checks it needs FSDP2)
+        from ..parallel.prefetch import set_fsdp_prefetch
+        set_fsdp_prefetch(par.model, cfg.fsdp_prefetch)
     return par, dataset, mcfg
 
 

@@ -33,6 +33,12 @@ def check_speed_options(cfg: TrainConfig) -> None:
         liger_ops()  # ImportError -> ValueError naming the package
     if cfg.profile_step is not None and not 1 <= cfg.profile_step <= cfg.steps:
         raise ValueError(f"--profile-step {cfg.profile_step} must be a step in 1..{cfg.steps}")
+    if cfg.fsdp_prefetch < 0:
+        raise ValueError(f"--fsdp-prefetch {cfg.fsdp_prefetch} must be >= 0")
+    if cfg.fsdp_prefetch and (not cfg.fsdp or (cfg.dp or 1) * (cfg.sp or 1) * (cfg.tp or 1) < 2
+                              or cfg.hf):
+        raise ValueError(f"--fsdp-prefetch {cfg.fsdp_prefetch} needs FSDP2 (--fsdp) over more "
+                         f"than one rank and the native --model")
     if cfg.peak_tflops is not None and not cfg.peak_tflops > 0:
         raise ValueError(f"--peak-tflops {cfg.peak_tflops} must be positive")
 
