@@ -28,13 +28,16 @@ run() {  # name estimate_s timeout_s [env=value ...] -- seqpar train options
     --batch-size 1 --warmup 1 --log-every 1 --nproc "$GPUS" --metrics "$OUT/$name.jsonl" "$@" \
     > "$OUT/$name.log" 2>&1
   echo "rc=$?" >> "$OUT/$name.log"; grep -v "^\[W" "$OUT/$name.log" | grep -E \
-    "memory:|summary|profile|error|rc=" | tail -5
-  tail -n 5 /tmp/sl/*/rank-0.log 2>/dev/null | tail -5; rm -rf /tmp/sl
+    "memory:|checkpointing:|summary|profile|error|rc=" | tail -6
+  cat /tmp/sl/*/rank-0.log > "$OUT/$name.rank0.txt" 2>/dev/null
+  grep -h -A1 "synchronizing CUDA operation" "$OUT/$name.log" "$OUT/$name.rank0.txt" \
+    | head -8  # SEQPAR_SYNC_DEBUG=warn: a device sync inside a step
+  tail -n 5 "$OUT/$name.rank0.txt" 2>/dev/null | tail -5; rm -rf /tmp/sl
 }
 L64=(--seq-len 65536 --loss-chunk 4096)
 L128=(--seq-len 131072 --loss-chunk 4096 --mlp-chunk 16384)
 # order: the most informative first, so a short budget still answers the main question
-run s64_default 80 150 -- "${L64[@]}" --steps 4 --profile-step 4
+run s64_default 80 150 SEQPAR_SYNC_DEBUG=warn -- "${L64[@]}" --steps 4 --profile-step 4
 run s64_compile 110 200 -- "${L64[@]}" --steps 4 --profile-step 4 --compile
 if [ "$GPUS" -ge 2 ]; then
   echo "=== baseline 64K (PyTorch CP + FSDP2, full AC)"

@@ -51,6 +51,9 @@ def seqpar_run(log: Path, model: str, gpus: int) -> dict:
             row = json.loads(line)
             if "profile" in row:
                 r["profile"] = row["profile"]
+    rank0 = log.with_suffix(".rank0.txt")
+    both = text + (rank0.read_text(errors="replace") if rank0.exists() else "")
+    r["sync_warnings"] = both.count("synchronizing CUDA operation")  # SEQPAR_SYNC_DEBUG
     err = [line for line in text.splitlines() if "error" in line.lower()][:3]
     if err:
         r["errors"] = err

@@ -4,8 +4,9 @@ process starts. ``--compile`` itself is :mod:`seqpar.parallel.compile`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -70,7 +71,14 @@ class StepProfiler:
 
     def around(self, step: int, progress):
         """A context for step ``step`` (0-based): the profiler on the chosen one, which
-        is a timing window of its own and not timed (the profiler slows it down)."""
+        is a timing window of its own and not timed (the profiler slows it down).
+        ``SEQPAR_SYNC_DEBUG=warn|error`` on a GPU: every step after the run's first
+        (which checks inputs and warms up) runs under ``torch.cuda.set_sync_debug_mode``,
+        so a device sync inside the step warns (or raises), naming its line."""
+        debug = os.environ.get("SEQPAR_SYNC_DEBUG")
+        if debug and self.device.type == "cuda" and step > progress.start and (
+                self.step is None or step + 1 != self.step):
+            return _sync_debug(debug)
         if self.step is None or step + 1 != self.step:
             return nullcontext()
         from .step_profile import profiled
@@ -88,6 +96,15 @@ class StepProfiler:
 
         progress.add_metrics(step, {"profile": self.result})
         progress.say(f"step {step + 1} {describe(self.result)}")
+
+
+@contextmanager
+def _sync_debug(mode: str):
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def liger_ops():
