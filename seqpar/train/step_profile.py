@@ -14,8 +14,10 @@ that order (so the parts sum to the step's span and overlapped communication is
 not counted). Recompute and optimizer are told by the profiler ranges
 :data:`~seqpar.memory.checkpointing.RECOMPUTE_RANGE` and
 :data:`~seqpar.train.step.OPTIMIZER_RANGE` (``seqpar.train.step``) around them:
-a CUDA kernel belongs to a range when the host call that launched it
-(the profiler's correlation id) lies inside it. The rest is told by kernel names.
+a CUDA kernel belongs to a range when the op that launched it (the
+profiler's linked correlation id, as ``torch.profiler`` links kernels to ops)
+started inside it; a kernel with no such op is placed by its own start. The
+rest is told by kernel names.
 On CPU the host ops stand in for kernels (the tests exercise the code path).
 ``seqpar.bench.profile`` does the same for the attention benchmark (no ranges).
 """
@@ -41,6 +43,7 @@ _ATTENTION = re.compile(r"flash|fmha|sdpa|scaled_dot_product|cudnn.*(attn|attent
 _GEMM = re.compile(r"gemm|cutlass|nvjet|sm90_xmma|sm80_xmma|matmul|\baten::mm\b|addmm|"
                    r"\baten::bmm\b|aten::linear|cublas")
 _RANGES = {RECOMPUTE_RANGE: "recompute", OPTIMIZER_RANGE: "optimizer"}
+_RUNTIME = re.compile(r"cuda[A-Z]|cu[A-Z]")
 
 
 def kernel_part(name: str) -> str:
@@ -106,15 +109,18 @@ def _collect(prof, cuda: bool):
     dev_t = torch.autograd.DeviceType.CUDA if cuda else cpu_t
     events = list(prof.profiler.kineto_results.events())
     ranges: dict[str, list[tuple[float, float]]] = {p: [] for p in _RANGES.values()}
-    launch: dict[int, float] = {}
+    # CPU ops by their correlation id: a kernel's linked_correlation_id() names the op that
+    # launched it (as torch.profiler links them); runtime calls (cudaLaunchKernel...) are
+    # left out, their CUPTI ids are another number space
+    ops: dict[int, float] = {}
     for e in events:
         if e.device_type() != cpu_t:
             continue
         if e.name() in _RANGES:
             s = e.start_ns() / 1e6
             ranges[_RANGES[e.name()]].append((s, s + e.duration_ns() / 1e6))
-        elif cuda and e.correlation_id():
-            launch.setdefault(e.correlation_id(), e.start_ns() / 1e6)
+        elif cuda and e.correlation_id() and not _RUNTIME.match(e.name()):
+            ops.setdefault(e.correlation_id(), e.start_ns() / 1e6)
     spans = []
     for e in events:
         if e.device_type() != dev_t or e.duration_ns() <= 0:
@@ -124,7 +130,7 @@ def _collect(prof, cuda: bool):
                          or name.startswith("ProfilerStep")):
             continue
         start = e.start_ns() / 1e6
-        at = launch.get(e.correlation_id(), start) if cuda else start
+        at = ops.get(e.linked_correlation_id(), start) if cuda else start
         spans.append((name, start, start + e.duration_ns() / 1e6, at))
     return spans, ranges
 
