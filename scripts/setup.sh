@@ -17,3 +17,7 @@ done
 # the `hf` extra (seqpar.hf and its tests); pure-Python wheels, never torch
 .venv/bin/python -c "import transformers, safetensors, tokenizers" 2>/dev/null \
   || .venv/bin/python -m pip install -q "transformers>=4.56,<6" "safetensors>=0.4.3" "tokenizers>=0.21"
+# the optional `plot` extra (PNG plots of the benchmarks): only when asked, SEQPAR_PLOT=1
+if [ "${SEQPAR_PLOT:-0}" = 1 ]; then
+  .venv/bin/python -c "import matplotlib" 2>/dev/null || .venv/bin/python -m pip install -q "matplotlib>=3.7"
+fi

@@ -89,6 +89,59 @@ def test_options_move_memory_where_expected():
     assert base.parts["stored_activations"] < sel.parts["stored_activations"]
 
 
+def test_unchunked_loss_bytes_per_logit_as_measured():
+    """The step holds the bf16 logits through backward; fp32 upcast, log-softmax saved,
+    its gradient and the fp32 gradient of the logits: 14 bytes a logit at the peak."""
+    from seqpar.train.loss import sp_exact_loss
+
+    n, d, V = 512, 32, 8192
+    h = torch.randn(1, n, d, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(V, d, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, V, (1, n))
+    with LivePeak() as m:
+        logits = h @ w.T  # (1, n, V), held like seqpar.train.step holds it
+        sp_exact_loss(logits, labels).backward_loss.backward()
+    measured = m.peak / (n * V)
+    cfg = model_config("tiny", vocab_size=V)
+    e = estimate(cfg, n, 1, MemoryConfig(ac_mode="full"))
+    assert 13.5 < measured < 14.5
+    assert abs(e.parts["loss"] * GiB / (n * V) - measured) < 0.5
+
+
+def test_more_gpus_longer_and_longer_needs_more():
+    cfg = model_config("8b", vocab_size=128256)
+    tops = [max_seq_len(cfg, g, 139, 128 * g) for g in (2, 4, 8)]
+    assert tops[0] >= 1_000_000 and tops[0] < tops[1] < tops[2], tops
+    assert max_seq_len(cfg, 1, 139, 128) == 0  # 16 P of fp32 states > 0.9 x 128 GiB host
+    peaks = [best(cfg, L, 2, 139, 256).reserved_gpu for L in (65536, 131072, 262144)]
+    for mc in (MemoryConfig(ac_mode="full"), MemoryConfig(2048, 8192, "selective", 4)):
+        ests = [estimate(cfg, L, 2, mc) for L in (65536, 131072, 262144, 524288)]
+        assert all(a.peak_gpu < b.peak_gpu for a, b in zip(ests, ests[1:]))
+        assert all(a.peak_host <= b.peak_host for a, b in zip(ests, ests[1:]))
+    assert all(p < 139 * GiB for p in peaks)
+    one = plan("8b", 128256, 131072, 1, 139, 128)
+    assert not one["fits"] and one["max_seq_len"] == 0 and one["max_seq_len_bound"] == "host"
+    two = plan("8b", 128256, 131072, 2, 139, 256)
+    assert two["max_seq_len"] == tops[0] and two["max_seq_len_bound"] == "gpu"
+    cut = plan("8b", 128256, 1048576, 2, 139, 256, n_layers=4)
+    assert cut["fits"] and cut["inputs"]["n_layers"] == 4 and cut["max_seq_len"] > tops[0]
+
+
+def test_mixed_offload_and_lean_norm_terms():
+    cfg = model_config("8b", vocab_size=128256)
+    sel = estimate(cfg, 262144, 2, MemoryConfig(2048, 8192, "selective", 0))
+    mixed = estimate(cfg, 262144, 2, MemoryConfig(2048, 8192, "selective", 8))
+    assert mixed.parts["stored_activations"] < sel.parts["stored_activations"]
+    assert mixed.peak_host > sel.peak_host and mixed.cost > sel.cost
+    # the lean norm (with the MLP tiles): a norm keeps 2 b d per token, not (8 + b) d
+    untiled = estimate(cfg, 262144, 2, MemoryConfig(2048, 0, "none", 0))
+    tiled = estimate(cfg, 262144, 2, MemoryConfig(2048, 8192, "none", 0))
+    mlp = 4 * 2 * 14336 * 131072 * 32 / GiB  # the untiled MLP intermediates, 32 layers
+    norms = 2 * (8 + 2 - 4) * 4096 * 131072 * 32 / GiB  # two norms per layer, lean
+    assert untiled.parts["stored_activations"] - tiled.parts["stored_activations"] == \
+        pytest.approx(mlp + norms)
+
+
 def test_speed_order_and_choice():
     assert LAYER_COST["none"] < LAYER_COST["selective"] < LAYER_COST["full"] < \
         LAYER_COST["offload"] and OPT_OFFLOAD_COST > 0

@@ -52,7 +52,8 @@ PARITY = dict(seq_len=64, batch_size=2, steps=3, lr=3e-3, warmup=1, log_every=10
 TOL = 1e-5
 ALONE = [dict(loss_chunk=24), dict(mlp_chunk=8), dict(activation_checkpointing="selective"),
          dict(activation_checkpointing="offload"),
-         dict(activation_checkpointing="offload", offload_layers=1)]
+         dict(activation_checkpointing="offload", offload_layers=1),
+         dict(activation_checkpointing="selective", offload_layers=1)]
 COMBINED = dict(loss_chunk=40, mlp_chunk=8, activation_checkpointing="offload",
                 offload_layers=1)
 
@@ -141,6 +142,24 @@ def test_memory_auto_and_manual_refusal():
     # ... and the chosen options pass a manual check
     res.memory = "manual"
     assert "predicted peak" in plan_memory([], res, cuda=True, gpu_memory_gib=16)
+    # auto with nothing that fits: refused, naming the cheapest option's peak and the
+    # longest length that fits; --force applies the closest
+    with pytest.raises(ValueError, match=r"--memory auto: no configuration fits 131072 tokens "
+                                         r"over 4 GPUs: the cheapest option, --loss-chunk.*"
+                                         r"needs [\d.]+ GiB GPU of 2.0 GiB.*the longest that "
+                                         r"fits: \d+ tokens"):
+        plan_memory([], resolved(memory="auto"), cuda=True, gpu_memory_gib=2)
+    forced = resolved(memory="auto", force=True)
+    assert "does NOT fit (closest; --force)" in plan_memory([], forced, cuda=True,
+                                                            gpu_memory_gib=2)
+    # the first k layers offloaded, the rest selective: planned and spelled as such
+    from seqpar.memory.planner import MemoryConfig
+    from seqpar.train.memory_plan import memory_config, set_memory_options
+
+    mixed = TrainConfig()
+    set_memory_options(mixed, MemoryConfig(ac_mode="selective", offload_layers=3), 16)
+    assert (mixed.checkpointing_mode, mixed.offload_layers) == ("selective", 3)
+    assert memory_config(mixed, 16) == MemoryConfig(ac_mode="selective", offload_layers=3)
     with pytest.raises(ValueError, match="--memory 'x'"):
         plan_memory([], resolved(memory="x"), cuda=True, gpu_memory_gib=16)
 

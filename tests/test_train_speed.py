@@ -141,8 +141,11 @@ def test_default_checkpointing_is_the_fastest_that_fits():
     assert parse_config([]).activation_checkpointing is None  # not given
     assert parse_config(["--activation-checkpointing"]).activation_checkpointing == "full"
     chunks = ("--loss-chunk", "4096", "--mlp-chunk", "16384")
-    assert default_checkpointing(cfg("--seq-len", "65536"), cuda=True,
+    loss = ("--loss-chunk", "4096")
+    assert default_checkpointing(cfg("--seq-len", "65536", *loss), cuda=True,
                                  gpu_memory_gib=h200) == "selective"
+    assert default_checkpointing(cfg("--seq-len", "65536"), cuda=True,  # the full logits
+                                 gpu_memory_gib=h200) == "full"
     assert default_checkpointing(cfg("--seq-len", "131072", *chunks), cuda=True,
                                  gpu_memory_gib=h200) == "selective"
     assert default_checkpointing(cfg("--seq-len", "131072"), cuda=True,
@@ -151,8 +154,8 @@ def test_default_checkpointing_is_the_fastest_that_fits():
                                  gpu_memory_gib=h200) == "full"
     small = parse_config(["--model", "tiny", "--seq-len", "512"]).resolve(2, cuda=True)
     assert default_checkpointing(small, cuda=True, gpu_memory_gib=h200) == "none"
-    assert default_checkpointing(cfg("--seq-len", "65536"), cuda=False) == "none"  # no GPU
-    auto = cfg("--seq-len", "65536", "--memory", "auto")
+    assert default_checkpointing(cfg("--seq-len", "65536", *loss), cuda=False) == "none"
+    auto = cfg("--seq-len", "65536", "--memory", "auto", *loss)
     assert default_checkpointing(auto, cuda=True, gpu_memory_gib=h200) == "none"
 
 

@@ -9,6 +9,8 @@ from ..router import route
 BENCHMARKS = {
     "attention": ("seqpar.bench.attention",
                   "fwd+bwd attention throughput vs torch context_parallel"),
+    "paper": ("seqpar.bench.paper.cli",
+              "the paper's experiments: SP vs Megatron TP on BERT (max batch/length)"),
     "report": ("seqpar.bench.report", "print the table / write the plot from a bench JSON file"),
 }
 

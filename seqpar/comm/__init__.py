@@ -1,5 +1,6 @@
 """Communication layer: differentiable collectives, ring P2P, byte accounting."""
 
+from .all_reduce import AllReduceSum, all_reduce_sum
 from .collectives import (
     AllGatherSeq,
     HeadsToSeq,
@@ -25,6 +26,8 @@ from .ring import RingExchange
 from .stats import CommCounter, count_bytes, record
 
 __all__ = [
+    "AllReduceSum",
+    "all_reduce_sum",
     "AllGatherSeq",
     "CommCounter",
     "DEFAULT_TIMEOUT",

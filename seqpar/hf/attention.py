@@ -30,6 +30,7 @@ from torch import nn
 from ..attention import STRATEGIES, attention
 from ..comm import is_hybrid_mesh, seq_rank_size
 from ..layout import Layout, get_layout
+from ..memory.checkpointing import kept_call
 from .families import attention_modules, check_supported
 
 #: The name passed as ``attn_implementation``.
@@ -112,6 +113,19 @@ def seqpar_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
                              f"{query.shape[0]} sequences")
         if all(torch.equal(c, cu_seqlens[0]) for c in cu_seqlens[1:]):
             cu_seqlens = cu_seqlens[0]
+    dev = query.device.type
+    if torch.is_autocast_enabled(dev):
+        # as sdpa under autocast: q, k, v in the autocast dtype (RoPE's fp32 tables made q
+        # and k fp32 when the hidden states are fp32, v stays in the autocast dtype)
+        dt = torch.get_autocast_dtype(dev)
+        query, key, value = (t.to(dt) for t in (query, key, value))
+    # selective activation checkpointing (seqpar.hf.memory) keeps this result: kept_call
+    # is a plain call outside a selective checkpoint
+    return kept_call(_sharded_attention, query, key, value, cu_seqlens, cfg, kw), None
+
+
+def _sharded_attention(query, key, value, cu_seqlens, cfg: SeqparAttentionConfig,
+                       kw: dict) -> torch.Tensor:
     if isinstance(cu_seqlens, (list, tuple)):
         # (B, H, Ls, D) -> B x (1, H, Ls, D), each with its own documents -> (B, H, Ls, D)
         out = torch.cat([attention(query[i:i + 1], key[i:i + 1], value[i:i + 1], cu_seqlens=cu,
@@ -121,7 +135,7 @@ def seqpar_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
         out = attention(query, key, value, cu_seqlens=cu_seqlens,
                         check=_first(cfg, query, key, cu_seqlens is None), **kw)
     # (B, Hq, Ls, D) -> (B, Ls, Hq, D), the layout transformers reshapes to hidden
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous()
 
 
 def _first(cfg: SeqparAttentionConfig, q: torch.Tensor, k: torch.Tensor, docs) -> bool:

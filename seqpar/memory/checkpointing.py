@@ -95,25 +95,40 @@ class KeptAttention:
 
     @torch.compiler.disable  # never traced (--compile): it reads this thread's holder
     def __call__(self, q, k, v, causal, **kwargs):
-        kept = getattr(_state, "holder", None)
-        if kept is None:  # not inside a selective checkpoint: plain call
-            return self.inner(q, k, v, causal, **kwargs)
-        if kept.recomputing:
-            if not kept.outputs:
-                raise RuntimeError("selective checkpoint: the recompute called attention more "
-                                   "often than the forward did")
-            # the same value, needing a gradient as in forward: the ops after it then
-            # save what they saved in forward (the checkpoint checks the count)
-            out, needs_grad = kept.outputs.popleft()
-            return out.detach().requires_grad_(needs_grad)
-        # store what the attention saves for its backward (not a checkpoint placeholder)
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            out = self.inner(q, k, v, causal, **kwargs)  # kwargs: per-batch documents
-        kept.outputs.append((out.detach(), out.requires_grad))
-        return out
+        return kept_call(self.inner, q, k, v, causal, **kwargs)  # kwargs: per-batch documents
 
 
-def _wrap(block: nn.Module, mode: str, offload: ActivationOffload | None) -> None:
+def kept_call(fn, *args, **kwargs) -> torch.Tensor:
+    """``fn(*args, **kwargs)`` (one tensor out), kept by an enclosing selective checkpoint.
+
+    Outside a selective checkpoint: a plain call. Inside its forward: ``fn`` runs with
+    its saved tensors stored (not checkpoint placeholders) and its output is recorded;
+    inside its recompute: the recorded output is returned and ``fn`` does not run.
+    Any attention callable can route through this (:class:`KeptAttention` for seqpar's
+    model, :mod:`seqpar.hf.attention` for Hugging Face models)."""
+    kept = getattr(_state, "holder", None)
+    if kept is None:  # not inside a selective checkpoint: plain call
+        return fn(*args, **kwargs)
+    if kept.recomputing:
+        if not kept.outputs:
+            raise RuntimeError("selective checkpoint: the recompute called attention more "
+                               "often than the forward did")
+        # the same value, needing a gradient as in forward: the ops after it then
+        # save what they saved in forward (the checkpoint checks the count)
+        out, needs_grad = kept.outputs.popleft()
+        return out.detach().requires_grad_(needs_grad)
+    # store what the attention saves for its backward (not a checkpoint placeholder)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        out = fn(*args, **kwargs)
+    kept.outputs.append((out.detach(), out.requires_grad))
+    return out
+
+
+def _wrap(block: nn.Module, mode: str, offload: ActivationOffload | None,
+          keep_attention: bool = True) -> None:
+    """Checkpoint ``block.forward`` in ``mode``. ``keep_attention=False``: the block's
+    attention already routes through :func:`kept_call` (HF models), so selective mode
+    does not wrap ``block.attention.attn_fn``."""
     inner = block.forward
 
     if mode == "full":
@@ -122,9 +137,9 @@ def _wrap(block: nn.Module, mode: str, offload: ActivationOffload | None) -> Non
                               **kwargs)
     elif mode == "selective":
         def forward(*args, **kwargs):
-            attn = block.attention
-            if not isinstance(attn.attn_fn, KeptAttention):  # attention injected after us
-                attn.attn_fn = KeptAttention(attn.attn_fn)
+            attn = block.attention if keep_attention else None
+            if attn is not None and not isinstance(attn.attn_fn, KeptAttention):
+                attn.attn_fn = KeptAttention(attn.attn_fn)  # attention injected after us
             return checkpoint(inner, *args, use_reentrant=False,
                               context_fn=_selective_contexts, **kwargs)
     else:  # offload
@@ -153,22 +168,27 @@ def layer_modes(n_layers: int, mode: str, offload_layers: int | None = None) -> 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str = "full", *,
                                    offload_layers: int | None = None,
-                                   offload: ActivationOffload | None = None
+                                   offload: ActivationOffload | None = None,
+                                   layers: nn.ModuleList | None = None,
+                                   keep_attention: bool = True
                                    ) -> ActivationOffload | None:
     """Checkpoint every block of ``model.layers`` per :func:`layer_modes`, in place
     (parameter names unchanged). Returns the :class:`ActivationOffload` used by
     offloaded layers (its ``stats`` count what moved), or ``None`` when none is.
 
     Apply before FSDP2's ``fully_shard`` (its hooks then wrap the checkpoint, as with
-    torch's own ``checkpoint_wrapper``).
+    torch's own ``checkpoint_wrapper``). ``layers``: the blocks when they are not
+    ``model.layers`` (HF models: ``model.model.layers``, with ``keep_attention=False``
+    since their attention function calls :func:`kept_call` itself).
     """
-    modes = layer_modes(len(model.layers), mode, offload_layers)
+    layers = model.layers if layers is None else layers
+    modes = layer_modes(len(layers), mode, offload_layers)
     if "offload" in modes and offload is None:
         offload = ActivationOffload()
-    for i, (block, m) in enumerate(zip(model.layers, modes, strict=True)):
+    for i, (block, m) in enumerate(zip(layers, modes, strict=True)):
         if getattr(block, "_seqpar_ac", None) is not None:
             raise ValueError(f"apply_activation_checkpointing: layer {i} is already "
                              f"checkpointed ({block._seqpar_ac})")
         if m != "none":
-            _wrap(block, m, offload)
+            _wrap(block, m, offload, keep_attention)
     return offload if "offload" in modes else None

@@ -6,8 +6,10 @@ every op's outputs; a storage is counted from the op that created it until the
 storage is freed (a weak reference's callback), so ``peak`` is the largest sum of
 live bytes created inside the context, the quantity the caching allocator's
 ``max_memory_allocated`` reports on GPU (without its rounding). Tensors that
-existed before the context (parameters, inputs) are not counted. Used by the
-memory tests and the planner's CPU validation.
+existed before the context (parameters, inputs) are not counted. Tensor
+subclasses that wrap others (DTensor: a global-shape wrapper around this rank's
+shard) are counted by their inner tensors, so a DTensor costs its local shard, not
+its global size. Used by the memory tests and the planner's CPU validation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+
+def _plain(t: torch.Tensor):
+    """The plain tensors holding ``t``'s memory (a wrapper subclass's inner tensors)."""
+    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        for name in names:
+            inner = getattr(t, name)
+            if isinstance(inner, torch.Tensor):
+                yield from _plain(inner)
+    else:
+        yield t
 
 
 class LivePeak(TorchDispatchMode):
@@ -49,9 +63,11 @@ class LivePeak(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)}
+        inputs = {id(p.untyped_storage()) for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) for p in _plain(t)}
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and id(t.untyped_storage()) not in inputs:
-                self._track(t)
+            if isinstance(t, torch.Tensor):
+                for p in _plain(t):
+                    if id(p.untyped_storage()) not in inputs:
+                        self._track(p)
         return out

@@ -26,12 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", default="zigzag", choices=("zigzag", "contiguous"))
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
                     help="compute dtype (master weights and AdamW states are fp32)")
+    ap.add_argument("--n-layers", type=int, default=None,
+                    help="cut the model to this many blocks (as seqpar train --n-layers)")
     ap.add_argument("--json", action="store_true", help="print the answer as JSON")
     args = ap.parse_args(argv)
     try:
         out = plan(args.model, args.vocab_size, args.seq_len, args.gpus, args.gpu_memory_gib,
                    args.host_memory_gib, layout=args.layout,
-                   compute_bytes=2 if args.dtype == "bf16" else 4)
+                   compute_bytes=2 if args.dtype == "bf16" else 4, n_layers=args.n_layers)
     except ValueError as e:
         ap.error(str(e))  # exits 2 with the message
     if args.json:
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{' --offload-optimizer' if c['offload_optimizer'] else ''}")
     print("  breakdown (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in
                                             out["breakdown_gib"].items()))
-    print(f"  longest sequence that fits: {out['max_seq_len']} tokens")
+    print(f"  longest sequence that fits: {out['max_seq_len']} tokens (then "
+          f"{out['max_seq_len_bound']} memory binds)")
     return 0
 
 

@@ -24,7 +24,8 @@ Stored activations per layer and local token, by checkpointing mode::
     offload    0; host: b d
     selective  b (3d + 2kv) + 4H          (input, q, out, k, v, fp32 lse)
     none       A_attn + A_mlp, where
-      A_attn = (8 + b) d  [norm: fp32 x, fp32 normalized, output]
+      A_attn = (8 + b) d  [norm: fp32 x, fp32 normalized, output; 2 b d with the lean norm
+                         of seqpar.memory.norm, which --mlp-chunk applies]
              + b (3d + 2kv) + 4H  [q, k, v, out, lse saved by attention; wo input]
       A_mlp  = (8 + b) d + 4 b f   [norm; w1 x, silu(w1 x), w3 x, product]
                (tiled MLP: (8 + b) d, the intermediates exist per tile only)
@@ -42,7 +43,9 @@ falls in its MLP backward or its attention backward)::
 
 Loss (at the end of forward, with the final norm's (8 + b) d per token)::
 
-    unchunked  (b + 4 + 4) V n             (logits, fp32 log-softmax, its gradient)
+    unchunked  (b + 12) V n                (logits held by the step, fp32 log-softmax saved,
+                                            its gradient, the fp32 gradient of the logits:
+                                            14 bytes per logit in bf16, measured by LivePeak)
     chunked    (2b + 4) V c + (4 + b) V d + b d n    (one chunk; fp32 dW; dH)
 
 Three phases; the peak is the largest (``kept = 12 P / N``: fp32 params and AdamW
@@ -54,7 +57,8 @@ states, 0 with optimizer offload; ``g = 4 P_blk / N`` a layer's sharded gradient
                  (backward of layer i: the layers above have gradients, not storage)
     optimizer  = 20 P / N                  (states + foreach AdamW's sqrt temporary)
     reserved   = 1.05 peak + 1 GiB         (allocator rounding, CUDA context, NCCL)
-    peak_host  = N (4 GiB + 16 P / N [optimizer offload] + n Σ_offloaded b d)
+    peak_host  = N (4 GiB + 16 P / N [optimizer offload: fp32 params, grads, AdamW in
+                 pinned host memory] + n Σ_offloaded b d [pinned block inputs])
     fits       = reserved <= G   and   peak_host <= 0.9 H_host
 
 Validation (tests/test_memory_planner.py): 8B, vocabulary 264, 2x H200, full AC,
@@ -137,8 +141,11 @@ def estimate(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig, *,
     nl = cfg.n_layers
     if not 0 <= mc.offload_layers <= nl:
         raise ValueError(f"offload_layers={mc.offload_layers} not in [0, {nl}]")
-    a_attn = (8 + b) * d + b * (3 * d + 2 * kv) + 4 * H
-    a_mlp = (8 + b) * d + (0 if mc.mlp_chunk else 4 * b * f)
+    # a norm's saved tensors per token: fp32 x, fp32 normalized, output; the lean norm
+    # (seqpar.memory.norm, applied with the MLP tiles) keeps its input and output only
+    norm_t = 2 * b * d if mc.mlp_chunk else (8 + b) * d
+    a_attn = norm_t + b * (3 * d + 2 * kv) + 4 * H
+    a_mlp = norm_t + (0 if mc.mlp_chunk else 4 * b * f)
     stored_att = b * (3 * d + 2 * kv) + 4 * H
     per_mode = {"full": b * d, "offload": 0.0, "selective": stored_att + 0.0,
                 "none": a_attn + a_mlp}
@@ -157,9 +164,9 @@ def estimate(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig, *,
         c = min(mc.loss_chunk, n)
         loss = (2 * b + 4) * V * c + (4 + b) * V * d + b * d * n
     else:
-        loss = (b + 4 + 4) * V * n
+        loss = (b + 12) * V * n  # logits, fp32 log-softmax, its gradient, fp32 grad of logits
     root_block = (8 * s["hd"] + 2 * b * d) * n  # RoPE tables, residual gradients
-    root_loss = ((8 + b) * d + 8 * s["hd"]) * n  # + the final norm's saved tensors
+    root_loss = (norm_t + 8 * s["hd"]) * n  # + the final norm's saved tensors
     on_gpu = 0.0 if mc.offload_optimizer else 1.0
     fsdp = not (gpus == 1 and b == 4)
     units = (2 * b * s["P_blk"] + (b + 4) * s["P_blk"] + b * s["P_root"]) if fsdp else 0.0
@@ -196,7 +203,7 @@ def configurations(n_layers: int):
     for opt, loss, mlp, mode in itertools.product((False, True), (0, LOSS_CHUNK),
                                                   (0, MLP_CHUNK), ("none", "selective", "full")):
         for k in range(n_layers + 1):
-            if mode == "full" or k == 0:  # offloaded layers mix with full ones only
+            if mode != "none" or k == 0:  # the first k offloaded, the rest full/selective
                 out.append(MemoryConfig(loss, mlp, mode, k, opt))
     return out
 
@@ -234,6 +241,19 @@ def max_seq_len(cfg: ModelConfig, gpus: int, gpu_memory_gib: float, host_memory_
     return lo * q
 
 
+def _bound(cfg: ModelConfig, top: int, gpus: int, gpu_memory_gib: float,
+           host_memory_gib: float, layout: str, compute_bytes: int) -> str:
+    """What stops the next length past ``top``: "gpu" or "host" memory (the closest
+    configuration's larger overshoot)."""
+    e = best(cfg, top + LAYOUT_MULTIPLE[layout] * gpus, gpus, gpu_memory_gib,
+             host_memory_gib, compute_bytes)
+    gpu = e.reserved_gpu / (gpu_memory_gib * GiB)
+    host = e.peak_host / (HOST_USABLE * host_memory_gib * GiB)
+    if e.fits:  # the search's limit, not memory
+        return "none"
+    return "gpu" if gpu > 1 and (host <= 1 or gpu >= host) else "host"
+
+
 def config_dict(mc: MemoryConfig, n_layers: int) -> dict:
     """The chosen options under ``seqpar train``'s flag names."""
     mode = "offload" if mc.offload_layers == n_layers else mc.ac_mode
@@ -243,7 +263,8 @@ def config_dict(mc: MemoryConfig, n_layers: int) -> dict:
 
 
 def plan(model: str, vocab_size: int, seq_len: int, gpus: int, gpu_memory_gib: float,
-         host_memory_gib: float, *, layout: str = "zigzag", compute_bytes: int = 2) -> dict:
+         host_memory_gib: float, *, layout: str = "zigzag", compute_bytes: int = 2,
+         n_layers: int | None = None) -> dict:
     """``seqpar plan``'s answer (JSON-ready): fit, peaks, max length, chosen options."""
     for name, value in (("vocab_size", vocab_size), ("gpu_memory_gib", gpu_memory_gib),
                         ("host_memory_gib", host_memory_gib)):
@@ -252,21 +273,26 @@ def plan(model: str, vocab_size: int, seq_len: int, gpus: int, gpu_memory_gib: f
     if compute_bytes not in (2, 4):
         raise ValueError(f"plan: compute_bytes={compute_bytes}: 2 (bf16) or 4 (fp32)")
     check_length(seq_len, gpus, layout)
-    cfg = model_config(model, vocab_size=vocab_size)
+    if n_layers is not None and n_layers < 1:
+        raise ValueError(f"plan: n_layers={n_layers} must be at least 1")
+    cfg = model_config(model, vocab_size=vocab_size,
+                       **({} if n_layers is None else {"n_layers": n_layers}))
     if cfg.arch != "decoder":
         raise ValueError(f"plan: {model!r} is an encoder; the planner models decoders")
     e = best(cfg, seq_len, gpus, gpu_memory_gib, host_memory_gib, compute_bytes)
+    top = max_seq_len(cfg, gpus, gpu_memory_gib, host_memory_gib, layout, compute_bytes)
     return {
         "fits": e.fits, "peak_gpu_gib": round(e.reserved_gpu / GiB, 2),
         "peak_gpu_allocated_gib": round(e.peak_gpu / GiB, 2),
         "peak_host_gib": round(e.peak_host / GiB, 2),
-        "max_seq_len": max_seq_len(cfg, gpus, gpu_memory_gib, host_memory_gib, layout,
-                                   compute_bytes),
+        "max_seq_len": top,
+        "max_seq_len_bound": _bound(cfg, top, gpus, gpu_memory_gib, host_memory_gib, layout,
+                                    compute_bytes),
         "config": config_dict(e.config, cfg.n_layers), "speed_cost": round(e.cost, 3),
         "breakdown_gib": {k: round(v, 2) for k, v in e.parts.items()},
         "inputs": {"model": model, "vocab_size": vocab_size, "seq_len": seq_len, "gpus": gpus,
                    "gpu_memory_gib": gpu_memory_gib, "host_memory_gib": host_memory_gib,
-                   "layout": layout, "params": cfg.num_params()},
+                   "layout": layout, "params": cfg.num_params(), "n_layers": cfg.n_layers},
     }
 
 

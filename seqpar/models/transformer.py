@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .linformer import LinformerProjection
+
 #: ``attn(q, k, v, causal, documents=None) -> out``; ``documents`` is passed only when given.
 AttentionFn = Callable[..., torch.Tensor]
 #: Packed documents: one int tensor of *global* boundaries per local sequence
@@ -53,6 +55,11 @@ class ModelConfig:
     #: "swiglu" (Llama) or "gelu" (BERT); "rmsnorm" (Llama) or "layernorm" (BERT).
     mlp: str = "swiglu"
     norm: str = "rmsnorm"
+    #: "softmax" (exact attention) or "linformer" (keys/values projected along the
+    #: sequence to ``linformer_k`` rows by E/F of ``(linformer_k, max_seq_len)``; encoders only)
+    attention: str = "softmax"
+    linformer_k: int = 0
+    max_seq_len: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,8 +76,28 @@ class ModelConfig:
             problems.append(f"mlp={self.mlp!r}: choose 'swiglu' or 'gelu'")
         if self.norm not in ("rmsnorm", "layernorm"):
             problems.append(f"norm={self.norm!r}: choose 'rmsnorm' or 'layernorm'")
+        problems += self._linformer_problems()
         if problems:
             raise ValueError("ModelConfig: " + "; ".join(problems))
+
+    def _linformer_problems(self) -> list[str]:
+        if self.attention == "softmax":
+            return []
+        if self.attention != "linformer":
+            return [f"attention={self.attention!r}: choose 'softmax' or 'linformer'"]
+        problems = []
+        if self.arch != "encoder":
+            problems.append(f"attention='linformer' needs a bidirectional encoder (bert-*), "
+                            f"got arch={self.arch!r}: Linformer is not defined for causal "
+                            f"decoders")
+        if self.linformer_k <= 0 or self.max_seq_len <= 0:
+            problems.append(f"attention='linformer' needs linformer_k > 0 and max_seq_len > 0, "
+                            f"got linformer_k={self.linformer_k}, "
+                            f"max_seq_len={self.max_seq_len}")
+        elif self.linformer_k > self.max_seq_len:
+            problems.append(f"linformer_k={self.linformer_k} is larger than the sequence "
+                            f"length max_seq_len={self.max_seq_len}")
+        return problems
 
     @property
     def head_dim(self) -> int:
@@ -87,6 +114,8 @@ class ModelConfig:
         mlp = (3 if self.mlp == "swiglu" else 2) * self.dim * self.ffn_dim
         norms = (2 * self.n_layers + 1) * self.dim
         emb = self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
+        if self.attention == "linformer":
+            attn += 2 * self.linformer_k * self.max_seq_len  # E and F
         return self.n_layers * (attn + mlp) + norms + emb
 
 
@@ -215,6 +244,9 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
         self.attn_fn: AttentionFn = sdpa_attention
+        #: Linformer's E/F (seqpar.models.linformer), or None for softmax attention
+        self.linformer = (LinformerProjection(cfg.linformer_k, cfg.max_seq_len)
+                          if cfg.attention == "linformer" else None)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 documents: Documents = None) -> torch.Tensor:
@@ -225,6 +257,11 @@ class Attention(nn.Module):
         k = self.wk(x).view(b, length, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, length, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.linformer is not None:
+            if documents is not None:
+                raise ValueError("Linformer attention does not support packed documents")
+            # (B, Hkv, L, D) -> (B, Hkv, k, D): this rank's partial sum under SP
+            k, v = self.linformer(k, v)
         if documents is None:
             out = self.attn_fn(q, k, v, self.causal)  # (B, Hq, L, D)
         else:
@@ -303,6 +340,9 @@ class Transformer(nn.Module):
             nn.init.normal_(block.feed_forward.w2.weight, std=out_std)
         if not self.cfg.tie_embeddings:
             nn.init.normal_(self.output.weight, std=std / math.sqrt(2))
+        for block in self.layers:  # after the rest: softmax models draw the same weights
+            if block.attention.linformer is not None:
+                block.attention.linformer.init_weights(self.cfg.max_seq_len)
 
     def set_attention(self, attn_fn: AttentionFn) -> None:
         """Inject the attention callable used by every layer."""

@@ -31,12 +31,20 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 
 def split_params(par: Parallelized) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Trainable parameters as (tp shards per the plan, everything else)."""
+    """Trainable parameters as (tp shards per the plan, everything else), without the
+    sequence-sharded ones (:func:`seq_sharded_params`)."""
     tp_params, rep_params = [], []
     for name, p in par.model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and name not in par.seq_sharded:
             (tp_params if name in par.tp_plan else rep_params).append(p)
     return tp_params, rep_params
+
+
+def seq_sharded_params(par: Parallelized) -> list[nn.Parameter]:
+    """Parameters split along the sequence over sp (Linformer's E/F): their gradient is
+    exact per sp rank and only summed over dp replicas; FSDP never touches them."""
+    return [p for name, p in par.model.named_parameters()
+            if name in par.seq_sharded and p.requires_grad]
 
 
 @torch.no_grad()
@@ -46,6 +54,8 @@ def sync_gradients(par: Parallelized) -> None:
         return
     tp_params, rep_params = split_params(par)
     dims = par.dims
+    if dims.dp > 1:
+        all_reduce_grads([p.grad for p in seq_sharded_params(par)], par.group("dp"))
     if par.fsdp:  # FSDP summed over dp x sp already; replicated params need tp too
         if dims.tp > 1:
             all_reduce_grads([local(p.grad) for p in rep_params], par.group("tp"))
@@ -73,8 +83,15 @@ def clip_grad_norm_tensor(par: Parallelized, max_norm: float) -> torch.Tensor:
     the device and the clip factor ``max_norm / (norm + 1e-6)`` (1 when the norm is
     within ``max_norm``) multiplies every gradient whatever its value (x1 is exact)."""
     tp_params, rep_params = split_params(par)
+    seq_params = seq_sharded_params(par)
     device = next(par.model.parameters()).device
     sq = torch.zeros(2, dtype=torch.float64, device=device)  # (tp shards, the rest)
+    seq_sq = torch.zeros(1, dtype=torch.float64, device=device)  # sequence shards
+    for p in seq_params:
+        if p.grad is not None:
+            seq_sq += p.grad.double().pow(2).sum()
+    if seq_params:  # each element once: summed over sp, not dp (replicas)
+        dist.all_reduce(seq_sq, group=par.group("sp"))
     for i, params in enumerate((tp_params, rep_params)):
         for p in params:
             if p.grad is not None:
@@ -86,10 +103,11 @@ def clip_grad_norm_tensor(par: Parallelized, max_norm: float) -> torch.Tensor:
             tp_sq = sq[0].clone()
             dist.all_reduce(tp_sq, group=par.group("tp"))  # tp shards -> full weights
             sq[0] = tp_sq
-    norm = sq.sum().sqrt()
+    norm = (sq.sum() + seq_sq.sum()).sqrt()
     if max_norm > 0:
         coef = torch.where(norm > max_norm, max_norm / (norm + 1e-6), torch.ones_like(norm))
-        grads = [local(p.grad) for p in tp_params + rep_params if p.grad is not None]
+        grads = [local(p.grad) for p in tp_params + rep_params + seq_params
+                 if p.grad is not None]
         for g in grads:
             g.mul_(coef.to(g.dtype))
     return norm

@@ -75,6 +75,9 @@ class Parallelized:
     tp_plan: TPPlan = field(default_factory=dict)
     #: the ActivationOffload of offloaded layers (its ``stats``), else None
     activation_offload: object | None = None
+    #: parameter name -> SeqShard for parameters split along the sequence over sp
+    #: (Linformer's E/F, seqpar.parallel.linformer); FSDP ignores them
+    seq_sharded: dict = field(default_factory=dict)
 
     def group(self, name: str) -> dist.ProcessGroup | None:
         """Process group of a mesh dim (``"dp"``, ``"sp"``, ``"tp"``, ``"dp_sp"``) or the
@@ -117,6 +120,9 @@ class Parallelized:
         state), gathered over FSDP and TP shards. Collective: every rank calls it."""
         from torch.distributed.tensor import DTensor, Shard
 
+        if name in self.seq_sharded:  # (k, L_local) columns -> (k, L)
+            from .linformer import gather_full
+            return gather_full(self.seq_sharded[name], t)
         if isinstance(t, DTensor):
             t = t.full_tensor()  # FSDP: dp x sp shards -> the (tp-local) tensor
         if name in self.tp_plan and self.dims.tp > 1:
@@ -145,7 +151,8 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
 
 def apply_fsdp(model: nn.Module, mesh, param_dtype: torch.dtype | None = None, *,
-               offload_optimizer: bool = False) -> None:
+               offload_optimizer: bool = False,
+               ignored_params: set[nn.Parameter] | None = None) -> None:
     """FSDP2 (ZeRO-3) over a 1-D mesh: one unit per block plus the root.
 
     Gradients are SUMmed (divide factor 1: the loss is already normalized by
@@ -154,6 +161,7 @@ def apply_fsdp(model: nn.Module, mesh, param_dtype: torch.dtype | None = None, *
     dtype, gradients reduced in fp32, the sharded master copy stays fp32.
     ``offload_optimizer``: FSDP2's ``CPUOffloadPolicy`` (sharded parameters, gradients
     and so the optimizer state live in host memory; the step runs on the CPU).
+    ``ignored_params``: parameters FSDP leaves alone (already split, e.g. Linformer's E/F).
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -165,9 +173,10 @@ def apply_fsdp(model: nn.Module, mesh, param_dtype: torch.dtype | None = None, *
             # pinned host memory needs an accelerator; on a CPU mesh it is plain memory
             pin = mesh.device_type != "cpu"
             fully_shard(unit, mesh=mesh, mp_policy=mp,
-                        offload_policy=CPUOffloadPolicy(pin_memory=pin))
+                        offload_policy=CPUOffloadPolicy(pin_memory=pin),
+                        ignored_params=ignored_params)
         else:
-            fully_shard(unit, mesh=mesh, mp_policy=mp)
+            fully_shard(unit, mesh=mesh, mp_policy=mp, ignored_params=ignored_params)
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)
@@ -193,6 +202,10 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
     """
     cfg = getattr(model, "cfg", None)
     dims.validate(None if mesh is None else mesh.size(), model=cfg)
+    if getattr(cfg, "attention", "softmax") == "linformer":
+        from .linformer import linformer_dims_problems
+        if linformer_dims_problems(dims):
+            raise ValueError("parallelize: " + "; ".join(linformer_dims_problems(dims)))
     if mesh is None and dims.world_size != 1:
         raise ValueError(f"parallelize: {dims.describe()} needs a DeviceMesh of "
                          f"{dims.world_size} ranks, got mesh=None")
@@ -204,6 +217,9 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
     if mesh is not None and group_rank_size(par.group("sp"))[1] != dims.sp:
         raise ValueError(f"mesh sp size {group_rank_size(par.group('sp'))[1]} != sp={dims.sp}")
     model.set_attention(SequenceParallelAttention(dims.strategy, par.sp_mesh, dims.layout))
+    if getattr(cfg, "attention", "softmax") == "linformer":  # E/F split by the layout
+        from .linformer import apply_linformer
+        par.seq_sharded = apply_linformer(model, par.group("sp"), dims.layout)
     if compile:  # per block, before checkpointing wraps the block (seqpar.parallel.compile)
         from .compile import apply_compile
         apply_compile(model, tp=dims.tp)
@@ -212,8 +228,10 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
         if dims.tp > 1:
             raise ValueError(f"mlp chunk {mlp_chunk} needs tp=1 (got tp={dims.tp}): the "
                              f"TP MLP's sequence reduce-scatter cannot run per tile")
+        from ..memory.norm import apply_lean_norm
         from ..memory.tiled_mlp import apply_tiled_mlp
         apply_tiled_mlp(model, mlp_chunk)
+        apply_lean_norm(model)  # norms keep their input only (docs/memory.md)
     mode = {True: "full", False: "none"}.get(activation_checkpointing, activation_checkpointing)
     if mode == "full" and offload_layers is None:
         apply_activation_checkpointing(model)
@@ -225,5 +243,11 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
                          "(--fsdp and a process group)")
     # 4. FSDP2 over dp x sp (replicated params need no wrapping: gradients.sync_gradients)
     if par.fsdp:
-        apply_fsdp(model, par._dp_sp, param_dtype, offload_optimizer=offload_optimizer)
+        apply_fsdp(model, par._dp_sp, param_dtype, offload_optimizer=offload_optimizer,
+                   ignored_params=_seq_sharded_params(par) or None)
     return par
+
+
+def _seq_sharded_params(par: Parallelized) -> set[nn.Parameter]:
+    params = dict(par.model.named_parameters())
+    return {params[name] for name in par.seq_sharded}

@@ -62,6 +62,9 @@ def _named_params(par: Parallelized) -> dict[str, torch.nn.Parameter]:
 
 def _global_view(par: Parallelized, name: str, t: torch.Tensor) -> torch.Tensor:
     """The tensor DCP should see for ``t`` (a parameter or an optimizer state of it)."""
+    if name in par.seq_sharded:  # Linformer E/F: the full (k, L), the same on every rank
+        from ..parallel.linformer import gather_full
+        return gather_full(par.seq_sharded[name], t)
     if name not in par.tp_plan or par.dims.tp == 1:
         return t  # plain replicated tensor, or an FSDP DTensor over dp x sp
     from torch.distributed.tensor import DTensor, Shard
@@ -73,7 +76,11 @@ def _global_view(par: Parallelized, name: str, t: torch.Tensor) -> torch.Tensor:
 
 def _copy_back(par: Parallelized, name: str, target: torch.Tensor, view: torch.Tensor) -> None:
     """Write a loaded global view back into the live parameter / optimizer state
-    (only TP shards need it: DCP loaded everything else in place)."""
+    (only TP and sequence shards need it: DCP loaded everything else in place)."""
+    if name in par.seq_sharded:  # full (k, L) -> this rank's columns
+        from ..parallel.linformer import slice_local
+        target.copy_(slice_local(par.seq_sharded[name], view))
+        return
     if name not in par.tp_plan or par.dims.tp == 1:
         return
     from torch.distributed.tensor import DTensor, distribute_tensor

@@ -83,6 +83,15 @@ _HELP = {
     "peak_tflops": "peak TFLOP/s per GPU for MFU (default 989 on a GPU: H100/H200 bf16 dense)",
     "fsdp_prefetch": "FSDP2 explicit all-gather prefetch, N blocks ahead (0: FSDP2's implicit "
                      "one-ahead)",
+    "attention": "softmax (exact) or linformer (bert-* only: K/V projected along the "
+                 "sequence to --linformer-k rows; docs/linformer.md)",
+    "linformer_k": "with --attention linformer: projected length k (<= --seq-len)",
+    "n_layers": "cut (or grow) --model to this many blocks (default: the size's own)",
+    "pp": "pipeline-parallel degree: the layers are cut into pp stages (default 1; "
+          "docs/training.md, 4D parallelism)",
+    "pp_schedule": "pipeline schedule: gpipe, 1f1b, interleaved (default 1f1b)",
+    "microbatches": "microbatches per step and dp rank in the pipeline (default: pp)",
+    "virtual_stages": "stages per pp rank for --pp-schedule interleaved (>= 2)",
 }
 
 
@@ -180,7 +189,7 @@ def _world_size(cfg: TrainConfig, cuda: bool, gpus: int) -> int:
     if cuda:
         return gpus
     if cfg.sp is not None:
-        return (cfg.dp or 1) * cfg.sp * (cfg.tp or 1)
+        return (cfg.dp or 1) * cfg.sp * (cfg.tp or 1) * (cfg.pp or 1)
     given = [cfg.dp, cfg.sp, cfg.tp]
     return 4 if all(g is None for g in given) else max(4, (cfg.dp or 1) * (cfg.tp or 1))
 
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("RANK", "0") == "0" and cuda:
                 print(f"activation checkpointing: {chosen} (the planner's fastest that fits; "
                       f"--activation-checkpointing MODE chooses)", flush=True)
-        header = "" if resolved.hf else plan_memory([cfg], resolved, cuda=cuda)
+        header = plan_memory([cfg], resolved, cuda=cuda)  # --hf: the folder's shape
         if header and os.environ.get("RANK", "0") == "0":
             print(header, flush=True)
     except (ValueError, OSError) as exc:

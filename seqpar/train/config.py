@@ -62,6 +62,15 @@ class TrainConfig:
     offload_optimizer: bool = False
     memory: str = "manual"
     force: bool = False
+    # Linformer attention (bert-* only; seqpar.parallel.linformer, docs/linformer.md)
+    attention: str = "softmax"
+    linformer_k: int = 256
+    # pipeline parallelism (seqpar.parallel.pipeline) and the layer count it splits
+    pp: int = 1
+    pp_schedule: str = "1f1b"
+    microbatches: int | None = None
+    virtual_stages: int = 1
+    n_layers: int | None = None
     # speed (issue 17; docs/training.md "Speed")
     compile: bool = False
     fused: str | None = None
@@ -99,6 +108,8 @@ class TrainConfig:
         """Fill in unset degrees: ``dp`` and ``tp`` default to 1, ``sp`` takes the rest
         (or dp takes the rest when sp is given). ``dtype``: bf16 on GPUs, fp32 on CPU."""
         cfg = TrainConfig(**self.to_dict())
+        if isinstance(cfg.pp, int) and cfg.pp > 1:  # the other degrees share world / pp
+            world_size //= cfg.pp
         dp, sp, tp = cfg.dp, cfg.sp, cfg.tp
         tp = tp or 1
         if sp is None:
@@ -125,7 +136,9 @@ class TrainConfig:
         from ..parallel import ParallelDims
 
         return ParallelDims(dp=self.dp, sp=self.sp, tp=self.tp, strategy=self.strategy,
-                            layout=self.layout, ulysses=self.ulysses, ring=self.ring)
+                            layout=self.layout, ulysses=self.ulysses, ring=self.ring,
+                            pp=self.pp, pp_schedule=self.pp_schedule,
+                            microbatches=self.microbatches, virtual_stages=self.virtual_stages)
 
     @property
     def checkpointing_mode(self) -> str:
@@ -145,6 +158,20 @@ class TrainConfig:
             raise ValueError(f"--vocab-size {self.vocab_size} is smaller than the data's "
                              f"vocabulary ({data_vocab} token ids for --data {self.data})")
         return self.vocab_size
+
+    def model_overrides(self, data_vocab: int) -> dict:
+        """``model_config`` overrides: the vocabulary (:meth:`model_vocab`), ``--n-layers``
+        (the named model cut or grown to that depth) and Linformer's fields (its E/F sized
+        for ``seq_len``)."""
+        out: dict = {"vocab_size": self.model_vocab(data_vocab)}
+        if self.n_layers is not None:
+            if self.n_layers < 1:
+                raise ValueError(f"--n-layers {self.n_layers} must be at least 1")
+            out["n_layers"] = self.n_layers
+        if self.attention != "softmax":
+            out.update(attention=self.attention, linformer_k=self.linformer_k,
+                       max_seq_len=self.seq_len)
+        return out
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -30,7 +30,14 @@ from .hf_data import HFTextDataset, split_data_paths
 from .preflight import resume_target
 from .progress import Metrics, Progress, TrainResult
 from .resume import resolve_resume
-from .step import StepOutput, autocast_for, lr_at, make_optimizer
+from .step import (
+    GradientHook,
+    StepOutput,
+    autocast_for,
+    chunked_head_loss,
+    lr_at,
+    make_optimizer,
+)
 
 
 def _tokenizer(path: str):
@@ -50,16 +57,9 @@ def preflight_hf(cfg: TrainConfig, world: int) -> None:
     from .preflight import check_values
 
     check_values(cfg)
-    native_only = [flag for flag, on in (
-        ("--loss-chunk", cfg.loss_chunk), ("--mlp-chunk", cfg.mlp_chunk),
-        ("--vocab-size", cfg.vocab_size is not None),
-        ("--offload-optimizer", cfg.offload_optimizer),
-        ("--memory auto", cfg.memory == "auto"),
-        (f"--activation-checkpointing {cfg.activation_checkpointing}",
-         cfg.activation_checkpointing in ("selective", "offload"))) if on]
-    if native_only:
-        raise ValueError(f"{', '.join(native_only)}: not wired for --hf models yet (native "
-                         f"--model only; see docs/hf.md)")
+    if cfg.vocab_size is not None:  # the vocabulary is the folder's (config.json)
+        raise ValueError(f"--vocab-size {cfg.vocab_size}: an --hf model's vocabulary is its "
+                         f"config.json's vocab_size; drop --vocab-size")
     config = sh.check_model_folder(cfg.hf)
     sh.check_tokenizer(_tokenizer(cfg.hf), config)
     for p in split_data_paths(cfg.data):
@@ -80,6 +80,8 @@ def build_hf(cfg: TrainConfig, device: torch.device) -> Parallelized:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     import seqpar.hf as sh
+    from seqpar.hf.fsdp import materialize
+    from seqpar.hf.memory import apply_memory
 
     config = AutoConfig.from_pretrained(cfg.hf, local_files_only=True)
     with torch.device("meta"):
@@ -93,19 +95,26 @@ def build_hf(cfg: TrainConfig, device: torch.device) -> Parallelized:
     tp_group = par.group("tp")
     if dims.tp > 1:
         par.tp_plan = sh.apply_tensor_parallel(model, tp_group)
-    if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # memory options (docs/memory.md): tiled MLP, checkpointing modes, head_loss=
+    par.activation_offload = apply_memory(model, mlp_chunk=cfg.mlp_chunk,
+                                          activation_checkpointing=cfg.checkpointing_mode,
+                                          offload_layers=cfg.offload_layers)
+    if cfg.offload_optimizer and not par.fsdp:
+        raise ValueError("--offload-optimizer needs FSDP2 over more than one rank "
+                         "(--fsdp and a process group)")
     if par.fsdp:
-        sh.fully_shard_model(model, par.submesh("dp_sp"), param_dtype=cfg.torch_dtype)
-    model.to_empty(device=device)
+        sh.fully_shard_model(model, par.submesh("dp_sp"), param_dtype=cfg.torch_dtype,
+                             offload_optimizer=cfg.offload_optimizer)
+    materialize(model, device, offload_optimizer=cfg.offload_optimizer)
     sh.load_weights(model, cfg.hf, tp_sharded=par.tp_plan, tp_group=tp_group)
     model.train()
     return par
 
 
 def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
-             quiet: bool = False) -> TrainResult:
-    """The ``--hf`` run of :func:`seqpar.train.loop.train` (same result type)."""
+             quiet: bool = False, on_gradients: GradientHook | None = None) -> TrainResult:
+    """The ``--hf`` run of :func:`seqpar.train.loop.train` (same result type;
+    ``on_gradients(step, par)`` sees the summed gradients before clipping)."""
     import seqpar.hf as sh
 
     device = device or torch.device("cpu")
@@ -146,10 +155,17 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
         batch = sh.shard_batch(tokens, group=par.sp_mesh, layout=cfg.layout, tp_group=tp_group,
                                position_ids=positions if cfg.documents else None).to(device)
         with autocast:
-            logits = model(**batch.model_kwargs()).logits
-        out = sh.loss(logits, batch.labels, group=None)  # None: the world (dp x sp)
+            if cfg.loss_chunk:  # the head and the loss fused, no whole logits
+                out = model(**batch.model_kwargs(), head_loss=chunked_head_loss(
+                    batch.labels, None, cfg.loss_chunk))  # None: the world (dp x sp)
+            else:
+                logits = model(**batch.model_kwargs()).logits
+        if not cfg.loss_chunk:
+            out = sh.loss(logits, batch.labels, group=None)  # None: the world (dp x sp)
         out.backward_loss.backward()
         sync_gradients(par)  # tp: replicated parameters summed over tp too
+        if on_gradients is not None:
+            on_gradients(step, par)
         norm = clip_grad_norm_tensor(par, cfg.grad_clip)  # stays on the device (no sync)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

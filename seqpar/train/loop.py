@@ -13,14 +13,18 @@ stop all ranks after the same step with a checkpoint (``preemption.py``).
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 
 from ..data import LocalBatch, make_dataset, shard_batch
+from ..memory.meta_init import materialize
 from ..models import build_model, model_config
 from ..parallel import Parallelized, parallelize
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .pipeline_step import pipeline_train_step
 from .preemption import Preempted, StopOnSignal
 from .progress import Metrics, Progress, TrainResult
 from .resume import resolve_resume
@@ -42,13 +46,26 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     dims = cfg.parallel_dims()
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
-    mcfg = model_config(cfg.model, vocab_size=cfg.model_vocab(dataset.vocab_size))
+    mcfg = model_config(cfg.model, **cfg.model_overrides(dataset.vocab_size))
     dims.validate(world, model=mcfg, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
     mesh = dims.build_mesh(device.type) if dist.is_available() and dist.is_initialized() else None
-    torch.manual_seed(cfg.seed)  # same weights on every rank (and in a 1-process run)
-    with torch.device(device):
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta"):  # no storage: each rank materialises only its shards below
         model = build_model(mcfg)
     apply_fused(model, cfg.fused)  # --fused liger (speed.py)
+    if dims.pp > 1:  # this rank's pipeline stages (seqpar.parallel.pipeline)
+        from ..parallel.pipeline import parallelize_pipeline
+
+        par = parallelize_pipeline(model, dims, mesh, device=device, batch_size=cfg.batch_size,
+                                   seq_len=cfg.seq_len, fsdp=cfg.fsdp,
+                                   activation_checkpointing=cfg.checkpointing_mode,
+                                   mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
+                                   offload_optimizer=cfg.offload_optimizer,
+                                   param_dtype=cfg.torch_dtype)
+        # this rank's stages only, under the whole model's names (same values as pp=1)
+        materialize(par.model, mcfg, cfg.seed, device, tp_plan=par.tp_plan,
+                    tp_rank=par.local_rank("tp"), tp=cfg.tp)
+        return par, dataset, mcfg
     par = parallelize(model, dims, mesh, fsdp=cfg.fsdp,
                       activation_checkpointing=cfg.checkpointing_mode,
                       mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
@@ -57,6 +74,9 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     if cfg.fsdp_prefetch and par.fsdp:  # --fsdp-prefetch (speed.py checks it needs FSDP2)
         from ..parallel.prefetch import set_fsdp_prefetch
         set_fsdp_prefetch(par.model, cfg.fsdp_prefetch)
+    # same weights on every rank and in a 1-process run (a function of seed, name, row)
+    materialize(model, mcfg, cfg.seed, device, tp_plan=par.tp_plan,
+                tp_rank=par.local_rank("tp"), tp=cfg.tp, seq_sharded=par.seq_sharded)
     return par, dataset, mcfg
 
 
@@ -85,11 +105,13 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     if cfg.hf:
         from .hf_train import train_hf
 
-        return train_hf(cfg, device=device, quiet=quiet)
+        return train_hf(cfg, device=device, quiet=quiet, on_gradients=on_gradients)
     rank, world = _world()
     device = device or torch.device("cpu")
     resume = resolve_resume(cfg.resume, cfg.checkpoint_dir)  # ValueError before any collective
+    built = time.perf_counter()
     par, dataset, mcfg = build(cfg, device)
+    built = time.perf_counter() - built
     optimizer = make_optimizer(par, cfg)
     show = rank == 0 and not quiet
     for note in resume.notes if show else ():  # before loading: what loads, what is skipped
@@ -112,17 +134,20 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
                  f"{par.dims.describe()} | world {world} on {device.type} | "
                  f"{'fsdp' if par.fsdp else 'replicated'} | data {cfg.data} | "
                  f"seq_len {cfg.seq_len} x batch {cfg.batch_size} | {cfg.dtype}")
+    progress.say(f"start-up: model built on the meta device, this rank's shards initialised "
+                 f"in {built:.1f} s")
     autocast = autocast_for(device, cfg.torch_dtype)
+    step_fn = pipeline_train_step if par.dims.pp > 1 else train_step
     saved = start if resume.path is not None else None  # the step the newest save holds
     done, stopped_by = start, 0
     with StopOnSignal() as stop:
         for step in range(start, end):
             progress.step_started()
             with profiler.around(step, progress):
-                out = train_step(par, optimizer, local_batch(cfg, dataset, par, step, device),
-                                 step=step, lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
-                                 autocast=autocast, on_gradients=on_gradients,
-                                 loss_chunk=cfg.loss_chunk)
+                out = step_fn(par, optimizer, local_batch(cfg, dataset, par, step, device),
+                              step=step, lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
+                              autocast=autocast, on_gradients=on_gradients,
+                              loss_chunk=cfg.loss_chunk)
             done = step + 1
             profiler.report(step, progress)
             progress.step_done(step, out, device)

@@ -33,19 +33,31 @@ def memory_config(cfg: TrainConfig, n_layers: int):
     from ..memory.planner import MemoryConfig
 
     mode = cfg.checkpointing_mode
-    offload = (n_layers if cfg.offload_layers is None else cfg.offload_layers) \
-        if mode == "offload" else 0
+    if mode == "offload":
+        offload = n_layers if cfg.offload_layers is None else cfg.offload_layers
+    else:  # full / selective with --offload-layers k: the first k offloaded
+        offload = cfg.offload_layers or 0
     return MemoryConfig(cfg.loss_chunk, cfg.mlp_chunk, "full" if mode == "offload" else mode,
                         offload, cfg.offload_optimizer)
+
+
+def _longest(mcfg, gpus: int, gpu_gib: float, host_gib: float, layout: str,
+             nbytes: int) -> int:
+    from ..memory.planner import LAYOUT_MULTIPLE, max_seq_len
+
+    return max_seq_len(mcfg, gpus, gpu_gib, host_gib,
+                       layout if layout in LAYOUT_MULTIPLE else "contiguous", nbytes)
 
 
 def set_memory_options(cfg: TrainConfig, mc, n_layers: int) -> None:
     """Write ``mc`` into ``cfg``'s memory options (in place)."""
     cfg.loss_chunk, cfg.mlp_chunk = mc.loss_chunk, mc.mlp_chunk
     cfg.offload_optimizer = mc.offload_optimizer
-    if mc.offload_layers:
+    if mc.offload_layers == n_layers or (mc.offload_layers and mc.ac_mode == "full"):
         cfg.activation_checkpointing = "offload"
         cfg.offload_layers = mc.offload_layers
+    elif mc.offload_layers:  # the first k offloaded, the rest selective
+        cfg.activation_checkpointing, cfg.offload_layers = mc.ac_mode, mc.offload_layers
     else:
         cfg.activation_checkpointing, cfg.offload_layers = mc.ac_mode, None
 
@@ -58,6 +70,15 @@ def describe(mc, n_layers: int) -> str:
             "offload_optimizer")
     return ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in keys
                      if getattr(cfg, k) is not None)
+
+
+def hf_planner_config(path: str):
+    """The planner's :class:`~seqpar.models.ModelConfig` of the ``--hf`` folder ``path``."""
+    from transformers import AutoConfig
+
+    from ..hf.memory import planner_config
+
+    return planner_config(AutoConfig.from_pretrained(path, local_files_only=True))
 
 
 def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
@@ -80,8 +101,12 @@ def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
         import torch
 
         gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / GiB
-    data = make_dataset(resolved.data, resolved.seq_len, arch=model_config(resolved.model).arch)
-    mcfg = model_config(resolved.model, vocab_size=resolved.model_vocab(data.vocab_size))
+    if resolved.hf:  # an --hf folder: its config.json's shape (seqpar.hf.memory)
+        mcfg = hf_planner_config(resolved.hf)
+    else:
+        data = make_dataset(resolved.data, resolved.seq_len,
+                            arch=model_config(resolved.model).arch)
+        mcfg = model_config(resolved.model, **resolved.model_overrides(data.vocab_size))
     if mcfg.arch != "decoder":
         return "memory: the planner models decoders; planning skipped"
     length = resolved.seq_len * max(1, resolved.batch_size // resolved.dp)
@@ -89,9 +114,17 @@ def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
     host, nbytes = _host_memory_gib(), 4 if resolved.dtype in ("float32", "fp32") else 2
     top = best(mcfg, length, gpus, gpu_memory_gib, host, nbytes)
     if resolved.memory == "auto":
+        if not top.fits and not resolved.force:
+            raise ValueError(
+                f"--memory auto: no configuration fits {length} tokens over {gpus} GPUs: the "
+                f"cheapest option, {describe(top.config, mcfg.n_layers)}, needs "
+                f"{top.reserved_gpu / GiB:.1f} GiB GPU of {gpu_memory_gib:.1f} GiB and "
+                f"{top.peak_host / GiB:.1f} GiB host of {host:.1f} GiB; the longest that "
+                f"fits: {_longest(mcfg, gpus, gpu_memory_gib, host, resolved.layout, nbytes)} "
+                f"tokens (seqpar plan); --force runs it anyway")
         for cfg in [*cfgs, resolved]:
             set_memory_options(cfg, top.config, mcfg.n_layers)
-        fit = "fits" if top.fits else "does NOT fit (closest)"
+        fit = "fits" if top.fits else "does NOT fit (closest; --force)"
         return (f"memory: auto: {describe(top.config, mcfg.n_layers)}; predicted peak "
                 f"{top.reserved_gpu / GiB:.1f} of {gpu_memory_gib:.1f} GiB ({fit})")
     mine = estimate(mcfg, length, gpus, memory_config(resolved, mcfg.n_layers),

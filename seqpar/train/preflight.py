@@ -21,7 +21,9 @@ _RANGES = [("steps", 1, True), ("batch_size", 1, True), ("seq_len", 1, True),
            ("log_every", 1, True), ("keep_checkpoints", 1, True), ("nproc", 1, True),
            ("dp", 1, True), ("sp", 1, True), ("tp", 1, True), ("ulysses", 1, True),
            ("ring", 1, True), ("vocab_size", 1, True),
-           ("loss_chunk", 0, True), ("mlp_chunk", 0, True), ("offload_layers", 0, True)]
+           ("loss_chunk", 0, True), ("mlp_chunk", 0, True), ("offload_layers", 0, True),
+           ("pp", 1, True), ("microbatches", 1, True), ("virtual_stages", 1, True),
+           ("n_layers", 1, True)]
 
 
 def check_values(cfg: TrainConfig) -> None:
@@ -39,8 +41,31 @@ def check_values(cfg: TrainConfig) -> None:
     if cfg.checkpoint_every and not cfg.checkpoint_dir:
         bad.append(f"--checkpoint-every {cfg.checkpoint_every} needs --checkpoint-dir")
     bad += memory_problems(cfg)
+    bad += linformer_problems(cfg)
     if bad:
         raise ValueError("; ".join(bad))
+
+
+def linformer_problems(cfg: TrainConfig) -> list[str]:
+    """``--attention linformer`` with what it cannot run with (the model's own checks,
+    bert-* and k <= L, run when its config is built)."""
+    from ..parallel.linformer import linformer_dims_problems
+
+    if cfg.attention == "softmax":
+        return []
+    if cfg.attention != "linformer":
+        return [f"--attention {cfg.attention!r}: choose softmax or linformer"]
+    bad = []
+    if not cfg.model.startswith("bert-"):
+        bad.append(f"--attention linformer needs a bert-* encoder, got --model {cfg.model} "
+                   f"(Linformer is not defined for causal decoders)")
+    if cfg.linformer_k <= 0 or cfg.linformer_k > cfg.seq_len:
+        bad.append(f"--linformer-k {cfg.linformer_k} must be in 1..--seq-len {cfg.seq_len}")
+    if cfg.data not in ("passkey", "kv") and cfg.documents:
+        bad.append("--attention linformer attends across the whole sequence: packed text "
+                   "needs --no-documents")
+    bad += [f"--attention linformer: {p}" for p in linformer_dims_problems(cfg.parallel_dims())]
+    return bad
 
 
 def memory_problems(cfg: TrainConfig) -> list[str]:
@@ -51,9 +76,9 @@ def memory_problems(cfg: TrainConfig) -> list[str]:
     mode = cfg.checkpointing_mode
     if mode not in AC_MODES:
         bad.append(f"--activation-checkpointing {mode!r}: choose one of {AC_MODES}")
-    if cfg.offload_layers and mode != "offload":
-        bad.append(f"--offload-layers {cfg.offload_layers} needs "
-                   f"--activation-checkpointing offload (got {mode})")
+    if cfg.offload_layers and mode == "none":
+        bad.append(f"--offload-layers {cfg.offload_layers} needs --activation-checkpointing "
+                   f"offload, full or selective (the rest of the layers; got {mode})")
     if (cfg.tp or 1) > 1:
         for name in ("loss_chunk", "mlp_chunk"):
             if getattr(cfg, name):
@@ -61,6 +86,8 @@ def memory_problems(cfg: TrainConfig) -> list[str]:
                            f"(got tp={cfg.tp}): the head / MLP is sharded under TP")
     if cfg.offload_optimizer and not cfg.fsdp:
         bad.append("--offload-optimizer needs --fsdp")
+    if cfg.pp > 1 and cfg.loss_chunk:
+        bad.append(f"--loss-chunk {cfg.loss_chunk} is not supported with --pp {cfg.pp} yet")
     return bad
 
 
@@ -88,7 +115,7 @@ def check_checkpoint_model(path: Path, cfg: TrainConfig, vocab_size: int) -> Non
     saved = {k[len("model."):]: tuple(v.size) for k, v in meta.state_dict_metadata.items()
              if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
     with torch.device("meta"):
-        model = build_model(model_config(cfg.model, vocab_size=vocab_size))
+        model = build_model(model_config(cfg.model, **cfg.model_overrides(vocab_size)))
     want = {name: tuple(p.shape) for name, p in model.named_parameters()}
     problems = [f"{n} is {saved[n]} there, {shape} here" for n, shape in want.items()
                 if n in saved and saved[n] != shape]
@@ -108,6 +135,11 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     from ..data import make_dataset
     from ..models import model_config
 
+    if cfg.hf and cfg.attention != "softmax":
+        raise ValueError(f"--attention {cfg.attention} is for seqpar's bert-* models, not --hf")
+    if cfg.hf and cfg.pp != 1:
+        raise ValueError(f"--hf with --pp {cfg.pp}: pipeline stages of Hugging Face models "
+                         f"are not supported yet; use --pp 1")
     if cfg.hf:
         from .hf_train import preflight_hf
 
@@ -119,7 +151,7 @@ def preflight(cfg: TrainConfig, world: int) -> Path | None:
     mcfg = model_config(cfg.model)
     dataset = make_dataset(cfg.data, cfg.seq_len, arch=mcfg.arch)
     vocab = cfg.model_vocab(dataset.vocab_size)
-    mcfg = model_config(cfg.model, vocab_size=vocab)
+    mcfg = model_config(cfg.model, **cfg.model_overrides(dataset.vocab_size))
     cfg.parallel_dims().validate(world, model=mcfg, seq_len=cfg.seq_len,
                                  batch_size=cfg.batch_size)
     target = resume_target(cfg)

@@ -159,11 +159,13 @@ class Progress:
             torch.cuda.synchronize(device)
         window = time.perf_counter() - self._t0
         steps = [s for s, _ in self._pending]
+        # extra columns a step output may carry (e.g. the pipeline bubble)
+        extras = [getattr(o, "metrics", None) or {} for _, o in self._pending]
         outs = resolve_all([o for _, o in self._pending])
         self._pending = []
         dt = window / len(steps)
         n_tokens = self.tokens_per_step
-        for step, out in zip(steps, outs, strict=True):
+        for step, out, extra in zip(steps, outs, extras, strict=True):
             # the first step pays for warm-up (allocations, plans, compilation)
             if step > self.start and step not in self.untimed:
                 self.timed_tokens += n_tokens
@@ -177,15 +179,16 @@ class Progress:
                    "labelled_tokens": out.tokens}
             if self.mfu is not None:
                 row.update(self.mfu(n_tokens / dt / self.world))
-            self.metrics.write({**row, **self._extra.pop(step, {})})
-        step, out = steps[-1], outs[-1]
+            self.metrics.write({**row, **extra, **self._extra.pop(step, {})})
+        step, out, extra = steps[-1], outs[-1], extras[-1]
         done = step + 1
         tps = self.timed_tokens / self.timed_seconds if self.timed_seconds else n_tokens / dt
         if self.show:
             acc = sum(self.recent_acc) / len(self.recent_acc)
             line = (f"{_bar(done, self.steps)} step {done}/{self.steps} | loss {out.loss:.4f} "
                     f"| acc {100 * acc:5.1f}%{_chance(self.result.chance)} | "
-                    f"{tps:,.0f} tok/s{self._mfu_text(tps)} | lr {out.lr:.2e}")
+                    f"{tps:,.0f} tok/s{self._mfu_text(tps)} | lr {out.lr:.2e}"
+                    + (f" | bubble {100 * extra['bubble']:.0f}%" if "bubble" in extra else ""))
             self._open_line = self.tty and done < self.end
             print(("\r" + line) if self.tty else line, end="" if self._open_line else "\n",
                   flush=True)

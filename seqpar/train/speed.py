@@ -20,6 +20,8 @@ FUSED = ("liger",)
 
 def check_speed_options(cfg: TrainConfig) -> None:
     """ValueError for a bad speed option (before any process starts)."""
+    if (cfg.compile or cfg.fsdp_prefetch) and cfg.pp > 1:
+        raise ValueError(f"--compile and --fsdp-prefetch work with pp=1 (got --pp {cfg.pp})")
     if cfg.compile:
         if cfg.hf:
             raise ValueError("--compile works with the native --model only, not --hf")
