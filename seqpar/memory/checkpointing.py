@@ -59,10 +59,26 @@ def _holding(kept: _Kept, recomputing: bool):
         _state.holder = previous
 
 
+#: profiler range around every recomputation (``--profile-step`` counts what runs in it)
+RECOMPUTE_RANGE = "seqpar::recompute"
+
+
+def recompute_contexts():
+    """``context_fn`` for ``checkpoint``: nothing in forward, the recomputation inside
+    the :data:`RECOMPUTE_RANGE` profiler range (free when no profiler runs)."""
+    return contextlib.nullcontext(), torch.profiler.record_function(RECOMPUTE_RANGE)
+
+
+@contextlib.contextmanager
+def _recomputing(kept: _Kept):
+    with torch.profiler.record_function(RECOMPUTE_RANGE), _holding(kept, True):
+        yield
+
+
 def _selective_contexts():
     """``context_fn`` for ``checkpoint``: one fresh holder shared by both contexts."""
     kept = _Kept()
-    return _holding(kept, False), _holding(kept, True)
+    return _holding(kept, False), _recomputing(kept)
 
 
 class KeptAttention:
@@ -77,6 +93,7 @@ class KeptAttention:
     def __setattr__(self, name, value):
         setattr(self.inner, name, value)
 
+    @torch.compiler.disable  # never traced (--compile): it reads this thread's holder
     def __call__(self, q, k, v, causal, **kwargs):
         return kept_call(self.inner, q, k, v, causal, **kwargs)  # kwargs: per-batch documents
 
@@ -116,7 +133,8 @@ def _wrap(block: nn.Module, mode: str, offload: ActivationOffload | None,
 
     if mode == "full":
         def forward(*args, **kwargs):
-            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+            return checkpoint(inner, *args, use_reentrant=False, context_fn=recompute_contexts,
+                              **kwargs)
     elif mode == "selective":
         def forward(*args, **kwargs):
             attn = block.attention if keep_attention else None
@@ -127,7 +145,8 @@ def _wrap(block: nn.Module, mode: str, offload: ActivationOffload | None,
     else:  # offload
         def forward(*args, **kwargs):
             with offload.hooks():
-                return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+                return checkpoint(inner, *args, use_reentrant=False,
+                                  context_fn=recompute_contexts, **kwargs)
 
     block.forward = forward
     block._seqpar_ac = mode

@@ -63,7 +63,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     Returns ``(loss, stats)``: ``loss`` a 0-d fp32 (fp64 for fp64 inputs) tensor (differentiable in
     hidden, weight, bias), ``stats`` ``(2,)`` float64 ``[unscaled sum, correct]``
     (not differentiable). Gradients are computed in forward (module doc) and
-    multiplied by the incoming gradient in backward.
+    multiplied by the incoming gradient in backward (in place: backward runs once).
+    ``scale`` is a float or a 0-d tensor (the SP-exact ``1 / global count``, left on the
+    device so that the step never waits for it). No host sync anywhere.
     """
 
     @staticmethod
@@ -92,19 +94,13 @@ class LinearCrossEntropy(torch.autograd.Function):
             if bias is not None and bias.requires_grad else None
         total = torch.zeros((), dtype=torch.float64, device=hidden.device)
         correct = torch.zeros((), dtype=torch.float64, device=hidden.device)
-        starts = range(0, n, chunk)
-        # which chunks hold a label: one host sync for all of them, not one per chunk
-        labelled = torch.stack([(labels[s:s + chunk] != ignore_index).any()
-                                for s in starts]).tolist() if n else []
-        for s, any_label in zip(starts, labelled, strict=True):
+        # every chunk runs, labelled or not (unlabelled rows get exact zero gradients from
+        # the mask): skipping a chunk would need its labels on the host, a sync per step
+        for s in range(0, n, chunk):
             e = min(n, s + chunk)
             h = hidden[s:e].to(cdt)  # (c, d)
             tgt = labels[s:e]  # (c,)
             mask = tgt != ignore_index
-            if not any_label:  # nothing labelled: no loss, zero gradient rows
-                if dh is not None:
-                    dh[s:e].zero_()
-                continue
             logits = h @ w.t() if b is None else torch.addmm(b, h, w.t())  # (c, V) in cdt
             lf = logits.to(acc)  # (c, V) fp32 (a copy only when cdt is not fp32)
             del logits
@@ -117,7 +113,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad = lf.sub_(lse[:, None]).exp_()  # (c, V) in place of the fp32 logits
             rows = torch.arange(e - s, device=grad.device)
             grad[rows, safe] -= mask.to(grad.dtype)
-            grad.mul_((mask.to(grad.dtype) * scale)[:, None])
+            grad.mul_((mask.to(grad.dtype) * _as(scale, grad))[:, None])
             g = grad.to(cdt)  # (c, V): the dtype the unfused head's backward would see
             del grad, lf
             if dh is not None:
@@ -132,27 +128,34 @@ class LinearCrossEntropy(torch.autograd.Function):
             dh,
             None if dw is None else dw.to(weight.dtype),
             None if db is None else db.to(bias.dtype))
-        loss = (total * scale).to(acc)
+        loss = (total * _as(scale, total)).to(acc)
         stats = torch.stack([total, correct])  # (2,) float64
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
+        if getattr(ctx, "used", False):
+            raise RuntimeError("linear_cross_entropy: backward ran twice through the same "
+                               "graph (retain_graph); its gradients are scaled in place")
+        ctx.used = True
         dh, dw, db = ctx.saved_tensors
 
         def scaled(t):
-            if t is None:
-                return None
-            # the loss's usual incoming gradient is exactly 1: hand the tensor over uncopied
-            return t if bool(grad_loss == 1) else t * grad_loss.to(t.dtype)
+            # in place, without asking the host whether grad_loss is 1 (a sync): x1 is exact
+            return None if t is None else t.mul_(grad_loss.to(t.dtype))
 
         return scaled(dh), scaled(dw), scaled(db), None, None, None, None
 
 
+def _as(scale: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """``scale`` in ``like``'s dtype when it is a tensor (a float is cast by the op)."""
+    return scale.to(like.dtype) if isinstance(scale, torch.Tensor) else scale
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                          bias: torch.Tensor | None = None, chunk: int = 4096,
-                         scale: float = 1.0, ignore_index: int = IGNORE_INDEX
+                         scale: float | torch.Tensor = 1.0, ignore_index: int = IGNORE_INDEX
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale * Σ CE, stats)`` of the head ``hidden @ weight^T + bias`` over ``chunk``-row
     pieces; ``stats`` = float64 ``[unscaled sum, correct predictions]``.
@@ -161,7 +164,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     ``bias (V,)``, ``labels (N,)`` with ``ignore_index`` for unlabelled tokens.
     """
     _validate(hidden, weight, bias, labels, chunk)
-    return LinearCrossEntropy.apply(hidden, weight, bias, labels, int(chunk), float(scale),
+    if not isinstance(scale, torch.Tensor):
+        scale = float(scale)
+    return LinearCrossEntropy.apply(hidden, weight, bias, labels, int(chunk), scale,
                                     int(ignore_index))
 
 
@@ -190,9 +195,8 @@ def chunked_sp_exact_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     target = labels.reshape(-1)  # (B, L) -> (B*L,)
     _validate(flat_h, weight, bias, target, chunk)
     count = _all_reduce((target != ignore_index).sum().double(), group)
-    denom = max(float(count.item()), 1.0)
+    scale = 1.0 / count.clamp(min=1.0)  # 0-d float64 on the device: no host sync
     local, stats = linear_cross_entropy(flat_h, weight, target, bias=bias, chunk=chunk,
-                                        scale=1.0 / denom, ignore_index=ignore_index)
-    total, n_correct = _all_reduce(stats.clone(), group).tolist()
-    return LossOutput(backward_loss=local, loss=total / denom, accuracy=n_correct / denom,
-                      tokens=int(count.item()))
+                                        scale=scale, ignore_index=ignore_index)
+    total, n_correct = _all_reduce(stats.clone(), group).unbind()
+    return LossOutput(backward_loss=local, stats=torch.stack([total, count, n_correct]))

@@ -1,6 +1,6 @@
 """Parallelism applied from outside the model: ParallelDims, TP-SP, FSDP2, parallelize."""
 
-from .gradients import clip_grad_norm, sync_gradients
+from .gradients import clip_grad_norm, clip_grad_norm_tensor, sync_gradients
 from .parallel_dims import ParallelDims
 from .parallelize import (
     Parallelized,
@@ -28,6 +28,7 @@ __all__ = [
     "apply_fsdp",
     "apply_tensor_parallel",
     "clip_grad_norm",
+    "clip_grad_norm_tensor",
     "parallelize",
     "sync_gradients",
     "tp_plan",

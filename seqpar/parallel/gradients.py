@@ -15,7 +15,6 @@ summed again.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -71,8 +70,18 @@ def sync_gradients(par: Parallelized) -> None:
 def clip_grad_norm(par: Parallelized, max_norm: float) -> float:
     """Global L2 norm of all gradients (each element counted once); scale to ``max_norm``.
 
-    Returns the norm before clipping. ``max_norm <= 0`` only measures.
+    Returns the norm before clipping as a float (one host sync; the training step uses
+    :func:`clip_grad_norm_tensor`, which leaves it on the device). ``max_norm <= 0``
+    only measures.
     """
+    return clip_grad_norm_tensor(par, max_norm).item()
+
+
+@torch.no_grad()
+def clip_grad_norm_tensor(par: Parallelized, max_norm: float) -> torch.Tensor:
+    """:func:`clip_grad_norm` without a host sync: the norm is a 0-d float64 tensor on
+    the device and the clip factor ``max_norm / (norm + 1e-6)`` (1 when the norm is
+    within ``max_norm``) multiplies every gradient whatever its value (x1 is exact)."""
     tp_params, rep_params = split_params(par)
     seq_params = seq_sharded_params(par)
     device = next(par.model.parameters()).device
@@ -94,12 +103,13 @@ def clip_grad_norm(par: Parallelized, max_norm: float) -> float:
             tp_sq = sq[0].clone()
             dist.all_reduce(tp_sq, group=par.group("tp"))  # tp shards -> full weights
             sq[0] = tp_sq
-    norm = math.sqrt(sq.sum().item() + seq_sq.item())
-    if max_norm > 0 and norm > max_norm:
-        coef = max_norm / (norm + 1e-6)
-        for p in tp_params + rep_params + seq_params:
-            if p.grad is not None:
-                local(p.grad).mul_(coef)
+    norm = (sq.sum() + seq_sq.sum()).sqrt()
+    if max_norm > 0:
+        coef = torch.where(norm > max_norm, max_norm / (norm + 1e-6), torch.ones_like(norm))
+        grads = [local(p.grad) for p in tp_params + rep_params + seq_params
+                 if p.grad is not None]
+        for g in grads:
+            g.mul_(coef.to(g.dtype))
     return norm
 
 

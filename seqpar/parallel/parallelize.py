@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..attention import attention as sp_attention
 from ..comm.groups import group_rank_size
+from ..memory.checkpointing import recompute_contexts
 from .parallel_dims import ParallelDims
 from .tensor_parallel import TPPlan, apply_tensor_parallel
 
@@ -143,7 +144,8 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         inner = block.forward
 
         def forward(*args, _inner=inner, **kwargs):
-            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_inner, *args, use_reentrant=False,
+                              context_fn=recompute_contexts, **kwargs)
 
         block.forward = forward
 
@@ -184,7 +186,7 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
                 activation_checkpointing: bool | str = False,
                 param_dtype: torch.dtype | None = None, mlp_chunk: int = 0,
                 offload_layers: int | None = None,
-                offload_optimizer: bool = False) -> Parallelized:
+                offload_optimizer: bool = False, compile: bool = False) -> Parallelized:
     """Apply TP-SP, sequence-parallel attention, checkpointing and FSDP2/replication.
 
     ``mesh`` is ``dims.build_mesh(...)`` (or ``None`` for one process without
@@ -195,7 +197,8 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
     "selective", "offload" (the first ``offload_layers`` layers, default all) or
     False/"none"; ``mlp_chunk`` tokens per MLP tile (0: off; tp=1 only);
     ``offload_optimizer``: FSDP2 CPU offload. ``par.activation_offload`` holds the
-    offload's statistics when a layer offloads.
+    offload's statistics when a layer offloads. ``compile``: regional torch.compile
+    per block, attention left eager (:mod:`seqpar.parallel.compile`; tp=1 only).
     """
     cfg = getattr(model, "cfg", None)
     dims.validate(None if mesh is None else mesh.size(), model=cfg)
@@ -217,6 +220,9 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, fsdp: bool =
     if getattr(cfg, "attention", "softmax") == "linformer":  # E/F split by the layout
         from .linformer import apply_linformer
         par.seq_sharded = apply_linformer(model, par.group("sp"), dims.layout)
+    if compile:  # per block, before checkpointing wraps the block (seqpar.parallel.compile)
+        from .compile import apply_compile
+        apply_compile(model, tp=dims.tp)
     # 3. tiled MLP and activation checkpointing (before fully_shard)
     if mlp_chunk:
         if dims.tp > 1:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from ..launch import in_group, run_here, spawn, under_launcher
 from .config import AC_MODES, DTYPES, TrainConfig
-from .memory_plan import plan_memory
+from .memory_plan import default_checkpointing, plan_memory
 from .preflight import preflight
+from .speed import check_speed_options
 
 _HELP = {
     "model": "model size: tiny, 125m, 1b, 8b, bert-tiny, bert-base, bert-large",
@@ -75,6 +76,13 @@ _HELP = {
               "or auto (the planner picks the memory options); docs/memory.md",
     "force": "run a --memory manual configuration predicted not to fit",
     "vocab_size": "model embedding/head rows (>= the data's vocabulary; default: the data's)",
+    "compile": "torch.compile each transformer block (regional; attention stays eager)",
+    "fused": "fused token-wise kernels: liger (RMSNorm, SwiGLU, RoPE; needs liger-kernel)",
+    "profile_step": "profile this step (1-based) and print where its time goes "
+                    "(docs/training.md)",
+    "peak_tflops": "peak TFLOP/s per GPU for MFU (default 989 on a GPU: H100/H200 bf16 dense)",
+    "fsdp_prefetch": "FSDP2 explicit all-gather prefetch, N blocks ahead (0: FSDP2's implicit "
+                     "one-ahead)",
     "attention": "softmax (exact) or linformer (bert-* only: K/V projected along the "
                  "sequence to --linformer-k rows; docs/linformer.md)",
     "linformer_k": "with --attention linformer: projected length k (<= --seq-len)",
@@ -212,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--nproc must be >= 1, got {cfg.nproc}")
         resolved = cfg.resolve(world, cuda=cuda)
         preflight(resolved, world)
+        check_speed_options(resolved)
+        # the planner models the native --model shapes only (an --hf model: not yet)
+        if not resolved.hf and resolved.activation_checkpointing is None:
+            chosen = default_checkpointing(resolved, cuda=cuda)  # the planner's fastest fit
+            cfg.activation_checkpointing = resolved.activation_checkpointing = chosen
+            if os.environ.get("RANK", "0") == "0" and cuda:
+                print(f"activation checkpointing: {chosen} (the planner's fastest that fits; "
+                      f"--activation-checkpointing MODE chooses)", flush=True)
         header = plan_memory([cfg], resolved, cuda=cuda)  # --hf: the folder's shape
         if header and os.environ.get("RANK", "0") == "0":
             print(header, flush=True)

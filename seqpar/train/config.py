@@ -16,6 +16,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
     "int | None": (int, type(None)), "str | None": (str, type(None)),
     "str | bool": (str, bool),
+    "str | bool | None": (str, bool, type(None)), "float | None": (float, int, type(None)),
 }
 
 
@@ -49,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     fsdp: bool = True
-    activation_checkpointing: str | bool = False
+    activation_checkpointing: str | bool | None = None
     log_every: int = 10
     keep_checkpoints: int = 2
     hf: str | None = None
@@ -70,6 +71,12 @@ class TrainConfig:
     microbatches: int | None = None
     virtual_stages: int = 1
     n_layers: int | None = None
+    # speed (issue 17; docs/training.md "Speed")
+    compile: bool = False
+    fused: str | None = None
+    profile_step: int | None = None
+    peak_tflops: float | None = None
+    fsdp_prefetch: int = 0
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -135,8 +142,11 @@ class TrainConfig:
 
     @property
     def checkpointing_mode(self) -> str:
-        """``activation_checkpointing`` as a mode: True is "full", False "none"."""
+        """``activation_checkpointing`` as a mode: True is "full", False and None (not
+        given: ``seqpar train`` lets the planner choose on a GPU) "none"."""
         ac = self.activation_checkpointing
+        if ac is None:
+            return "none"
         return {True: "full", False: "none"}.get(ac, ac) if isinstance(ac, bool) else ac
 
     def model_vocab(self, data_vocab: int) -> int:

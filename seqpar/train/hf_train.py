@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-from ..parallel import Parallelized, clip_grad_norm, sync_gradients
+from ..parallel import Parallelized, clip_grad_norm_tensor, sync_gradients
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .hf_data import HFTextDataset, split_data_paths
@@ -166,12 +166,13 @@ def train_hf(cfg: TrainConfig, *, device: torch.device | None = None,
         sync_gradients(par)  # tp: replicated parameters summed over tp too
         if on_gradients is not None:
             on_gradients(step, par)
-        norm = clip_grad_norm(par, cfg.grad_clip)
+        norm = clip_grad_norm_tensor(par, cfg.grad_clip)  # stays on the device (no sync)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        progress.step_done(step, StepOutput(loss=out.loss, accuracy=out.accuracy,
-                                            tokens=out.tokens, grad_norm=float(norm), lr=lr),
-                           device)
+        total, count, correct = out.stats.unbind()  # global; read once per logged step
+        progress.step_done(step, StepOutput(loss=total / count.clamp(min=1.0),
+                                            accuracy=correct / count.clamp(min=1.0),
+                                            tokens=count, grad_norm=norm, lr=lr), device)
         if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             saved = _save(cfg, step + 1, par, optimizer, progress)
     if cfg.checkpoint_dir and cfg.steps > start and saved != cfg.steps:

@@ -28,6 +28,7 @@ from .pipeline_step import pipeline_train_step
 from .preemption import Preempted, StopOnSignal
 from .progress import Metrics, Progress, TrainResult
 from .resume import resolve_resume
+from .speed import StepProfiler, apply_fused, mfu_function
 from .step import GradientHook, autocast_for, lr_at, make_optimizer, train_step
 
 __all__ = ["TrainResult", "build", "lr_at", "train"]
@@ -51,6 +52,7 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
     torch.manual_seed(cfg.seed)
     with torch.device("meta"):  # no storage: each rank materialises only its shards below
         model = build_model(mcfg)
+    apply_fused(model, cfg.fused)  # --fused liger (speed.py)
     if dims.pp > 1:  # this rank's pipeline stages (seqpar.parallel.pipeline)
         from ..parallel.pipeline import parallelize_pipeline
 
@@ -68,7 +70,10 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
                       activation_checkpointing=cfg.checkpointing_mode,
                       mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
                       offload_optimizer=cfg.offload_optimizer,
-                      param_dtype=cfg.torch_dtype)
+                      param_dtype=cfg.torch_dtype, compile=cfg.compile)
+    if cfg.fsdp_prefetch and par.fsdp:  # --fsdp-prefetch (speed.py checks it needs FSDP2)
+        from ..parallel.prefetch import set_fsdp_prefetch
+        set_fsdp_prefetch(par.model, cfg.fsdp_prefetch)
     # same weights on every rank and in a 1-process run (a function of seed, name, row)
     materialize(model, mcfg, cfg.seed, device, tp_plan=par.tp_plan,
                 tp_rank=par.local_rank("tp"), tp=cfg.tp, seq_sharded=par.seq_sharded)
@@ -116,7 +121,9 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     progress = Progress(steps=cfg.steps, start=start, end=end,
                         tokens_per_step=cfg.batch_size * cfg.seq_len, log_every=cfg.log_every,
                         show=show, metrics=Metrics(cfg.metrics, rank, start),
-                        chance=getattr(dataset, "chance", 0.0))
+                        chance=getattr(dataset, "chance", 0.0), world=world,
+                        mfu=mfu_function(cfg, mcfg, device))
+    profiler = StepProfiler(cfg.profile_step, device)
     if resume.path is not None:
         progress.say(f"resumed from {resume.path} at step {start}")
     if start >= cfg.steps:
@@ -136,11 +143,13 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
     with StopOnSignal() as stop:
         for step in range(start, end):
             progress.step_started()
-            out = step_fn(par, optimizer, local_batch(cfg, dataset, par, step, device),
-                             step=step, lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
-                             autocast=autocast, on_gradients=on_gradients,
-                             loss_chunk=cfg.loss_chunk)
+            with profiler.around(step, progress):
+                out = step_fn(par, optimizer, local_batch(cfg, dataset, par, step, device),
+                              step=step, lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
+                              autocast=autocast, on_gradients=on_gradients,
+                              loss_chunk=cfg.loss_chunk)
             done = step + 1
+            profiler.report(step, progress)
             progress.step_done(step, out, device)
             stopped_by = stop.agreed(device)  # every rank stops after the same step
             if stopped_by:
@@ -160,6 +169,7 @@ def train(cfg: TrainConfig, *, device: torch.device | None = None, stop_at: int 
 
 
 def _save(cfg: TrainConfig, step: int, par: Parallelized, optimizer, progress: Progress) -> int:
+    progress.flush(next(par.model.parameters()).device)  # the steps before the save
     path = save_checkpoint(cfg.checkpoint_dir, step, par, optimizer, keep=cfg.keep_checkpoints)
     progress.say(f"saved {path}")
     return step

@@ -22,17 +22,31 @@ from ..data import IGNORE_INDEX
 @dataclass
 class LossOutput:
     """``backward_loss`` is this rank's share ``local_sum / global_count`` (sum over
-    ranks = the global mean); ``loss``/``accuracy``/``tokens`` are global values."""
+    ranks = the global mean). ``stats`` holds the global ``[sum, count, correct]``
+    (float64, on the device): reading ``loss``/``accuracy``/``tokens`` syncs with the
+    device, so the training step keeps ``stats`` and reads them once per logged step."""
 
     backward_loss: torch.Tensor
-    loss: float
-    accuracy: float
-    tokens: int
+    stats: torch.Tensor
+
+    @property
+    def loss(self) -> float:
+        total, count, _ = self.stats.tolist()
+        return total / max(count, 1.0)
+
+    @property
+    def accuracy(self) -> float:
+        _, count, correct = self.stats.tolist()
+        return correct / max(count, 1.0)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.stats[1].item())
 
 
 def sp_exact_loss(logits: torch.Tensor, labels: torch.Tensor, group=None, *,
                   ignore_index: int = IGNORE_INDEX) -> LossOutput:
-    """Mean cross-entropy over all labelled tokens of the global batch.
+    """Mean cross-entropy over all labelled tokens of the global batch (no host sync).
 
     ``logits (B, L_local, V)``, ``labels (B, L_local)``; ``group`` is every rank
     holding part of the batch (``None``: the default group, or one process).
@@ -48,7 +62,5 @@ def sp_exact_loss(logits: torch.Tensor, labels: torch.Tensor, group=None, *,
         stats = torch.stack([local_sum.detach().double(), mask.sum().double(), correct.double()])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats, group=group)
-    total, count, n_correct = stats.tolist()
-    denom = max(count, 1.0)
-    return LossOutput(backward_loss=local_sum / denom, loss=total / denom,
-                      accuracy=n_correct / denom, tokens=int(count))
+    denom = stats[1].clamp(min=1.0).to(local_sum.dtype)
+    return LossOutput(backward_loss=local_sum / denom, stats=stats)

@@ -146,3 +146,36 @@ def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
                          f"{mine.peak_host / GiB:.1f} GiB host of {host:.1f} GiB; {better}; "
                          f"--force runs it anyway")
     return line + ("" if mine.fits else " (does not fit; --force)")
+
+
+def default_checkpointing(resolved: TrainConfig, *, cuda: bool,
+                          gpu_memory_gib: float | None = None) -> str:
+    """The activation checkpointing of a run that gave none: the fastest mode the planner
+    predicts fits with the other options as given (``none``, else ``selective``: no
+    attention recompute, else ``full``; ``full`` when none fits, which the manual check
+    then reports). ``none`` on a CPU-only machine (no GPU budget to plan against), for
+    an encoder, and under ``--memory auto`` (the planner sets every option there)."""
+    from dataclasses import replace
+
+    from ..data import make_dataset
+    from ..memory.planner import estimate
+    from ..models import model_config
+
+    if resolved.memory == "auto" or (gpu_memory_gib is None and not cuda):
+        return "none"
+    if gpu_memory_gib is None:
+        import torch
+
+        gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / GiB
+    data = make_dataset(resolved.data, resolved.seq_len, arch=model_config(resolved.model).arch)
+    mcfg = model_config(resolved.model, vocab_size=resolved.model_vocab(data.vocab_size))
+    if mcfg.arch != "decoder":
+        return "none"
+    length = resolved.seq_len * max(1, resolved.batch_size // resolved.dp)
+    nbytes = 4 if resolved.dtype in ("float32", "fp32") else 2
+    for mode in ("none", "selective", "full"):
+        mc = memory_config(replace(resolved, activation_checkpointing=mode), mcfg.n_layers)
+        if estimate(mcfg, length, resolved.sp * resolved.tp, mc, gpu_memory_gib=gpu_memory_gib,
+                    host_memory_gib=_host_memory_gib(), compute_bytes=nbytes).fits:
+            return mode
+    return "full"

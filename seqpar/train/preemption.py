@@ -59,6 +59,7 @@ class StopOnSignal:
         self.signum = 0
         self._first = 0.0
         self._previous: dict[int, object] = {}
+        self._host_group = None  # gloo over the world, for GPU runs (see agreed)
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -81,13 +82,20 @@ class StopOnSignal:
         _die(signum)
 
     def agreed(self, device: torch.device) -> int:
-        """The signal any rank got (0: none). Collective over the default group,
-        called by every rank once per step."""
+        """The signal any rank got (0: none). Collective over the world, called by every
+        rank once per step. On a GPU it runs over a gloo group of host tensors (made at
+        the first call), so the vote waits for the other ranks' hosts, never for this
+        GPU's queued work: the step stays free of device syncs."""
         mine = self.signum
         signum = mine
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flag = torch.tensor([mine], dtype=torch.int32, device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            group = None
+            if device.type != "cpu":
+                if self._host_group is None:
+                    self._host_group = dist.new_group(backend="gloo")
+                group = self._host_group
+            flag = torch.tensor([mine], dtype=torch.int32)  # host memory
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
             signum = int(flag.item())
         if mine and self._previous and time.monotonic() - self._first >= DUPLICATE_S:
             for s in SIGNALS:  # from here a second signal ends the process in any state

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .step import StepOutput
+from .step import StepOutput, resolve_all
 
 
 @dataclass
@@ -31,6 +31,8 @@ class TrainResult:
     peak_memory_mb: list[float] = field(default_factory=list)
     chance: float = 0.0
     final_accuracy: float = 0.0
+    #: causal_mfu / hardware_mfu of ``tokens_per_s`` (when a peak is known), else empty
+    mfu: dict = field(default_factory=dict)
 
 
 class Metrics:
@@ -95,10 +97,21 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Progress:
-    """Times steps, keeps the history, prints progress lines and the summary."""
+    """Times steps, keeps the history, prints progress lines and the summary.
+
+    No host sync per step: :meth:`step_done` queues the step's device tensors, and
+    the queue is read with one sync at each logged step (every ``log_every``, the
+    first and the last; every step on a terminal), at :meth:`flush` (before a
+    checkpoint) and at :meth:`finish`. Step times are the window's wall time over
+    its steps (a window = the steps between two reads; the first step, which pays
+    for warm-up, is a window of its own and not timed). ``mfu(tokens_per_s_per_gpu)``
+    -> ``{"causal_mfu": .., "hardware_mfu": ..}`` adds MFU to the line, the metrics
+    and the summary (:mod:`seqpar.train.flops`).
+    """
 
     def __init__(self, *, steps: int, start: int, end: int, tokens_per_step: int,
-                 log_every: int, show: bool, metrics: Metrics, chance: float = 0.0):
+                 log_every: int, show: bool, metrics: Metrics, chance: float = 0.0,
+                 world: int = 1, mfu=None):
         self.steps, self.start, self.end = steps, start, end
         self.tokens_per_step, self.log_every = tokens_per_step, log_every
         self.show, self.metrics = show, metrics
@@ -108,6 +121,10 @@ class Progress:
         self.recent_acc: list[float] = []
         self._t0 = time.perf_counter()
         self._open_line = False
+        self.world, self.mfu = max(1, world), mfu
+        self._pending: list[tuple[int, StepOutput]] = []
+        self._extra: dict[int, dict] = {}  # step -> more metrics fields (a profile)
+        self.untimed: set[int] = set()  # steps left out of tokens/s (a profiled one)
 
     def say(self, text: str, *, err: bool = False) -> None:
         """A line of its own on rank 0 (ends a pending ``\\r`` progress line first)."""
@@ -119,46 +136,83 @@ class Progress:
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
     def step_started(self) -> None:
-        self._t0 = time.perf_counter()
+        if not self._pending:  # a new window starts with this step
+            self._t0 = time.perf_counter()
+
+    def add_metrics(self, step: int, fields: dict) -> None:
+        """Extra fields for step ``step``'s metrics row (e.g. its ``--profile-step`` split)."""
+        self._extra.setdefault(step, {}).update(fields)
 
     def step_done(self, step: int, out: StepOutput, device: torch.device) -> None:
-        """Record step ``step`` (0-based): history, metrics row, progress line."""
+        """Queue step ``step`` (0-based); read the queue when this step is a logged one."""
+        self._pending.append((step, out))
+        done = step + 1
+        if (self.tty or done % self.log_every == 0 or done == self.end
+                or done == self.start + 1 or step in self.untimed):
+            self.flush(device)
+
+    def flush(self, device: torch.device) -> None:
+        """Read the queued steps (one host sync): history, metrics rows, progress line."""
+        if not self._pending:
+            return
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        dt = time.perf_counter() - self._t0
+        window = time.perf_counter() - self._t0
+        steps = [s for s, _ in self._pending]
+        # extra columns a step output may carry (e.g. the pipeline bubble)
+        extras = [getattr(o, "metrics", None) or {} for _, o in self._pending]
+        outs = resolve_all([o for _, o in self._pending])
+        self._pending = []
+        dt = window / len(steps)
         n_tokens = self.tokens_per_step
-        if step > self.start:  # the first step pays for warm-up (allocations, plans)
-            self.timed_tokens += n_tokens
-            self.timed_seconds += dt
-        self.result.losses.append(out.loss)
-        self.result.accuracies.append(out.accuracy)
-        self.recent_acc = (self.recent_acc + [out.accuracy])[-20:]
+        for step, out, extra in zip(steps, outs, extras, strict=True):
+            # the first step pays for warm-up (allocations, plans, compilation)
+            if step > self.start and step not in self.untimed:
+                self.timed_tokens += n_tokens
+                self.timed_seconds += dt
+            self.result.losses.append(out.loss)
+            self.result.accuracies.append(out.accuracy)
+            self.recent_acc = (self.recent_acc + [out.accuracy])[-20:]
+            row = {"step": step + 1, "loss": out.loss, "accuracy": out.accuracy,
+                   "lr": out.lr, "grad_norm": out.grad_norm,
+                   "tokens_per_s": n_tokens / dt, "step_time_s": dt,
+                   "labelled_tokens": out.tokens}
+            if self.mfu is not None:
+                row.update(self.mfu(n_tokens / dt / self.world))
+            self.metrics.write({**row, **extra, **self._extra.pop(step, {})})
+        step, out, extra = steps[-1], outs[-1], extras[-1]
         done = step + 1
         tps = self.timed_tokens / self.timed_seconds if self.timed_seconds else n_tokens / dt
-        extra = getattr(out, "metrics", None) or {}  # e.g. the pipeline bubble
-        self.metrics.write({"step": done, "loss": out.loss, "accuracy": out.accuracy,
-                            "lr": out.lr, "grad_norm": out.grad_norm,
-                            "tokens_per_s": n_tokens / dt, "step_time_s": dt,
-                            "labelled_tokens": out.tokens, **extra})
-        if self.show and (self.tty or done % self.log_every == 0 or done == self.end
-                          or done == self.start + 1):
+        if self.show:
             acc = sum(self.recent_acc) / len(self.recent_acc)
             line = (f"{_bar(done, self.steps)} step {done}/{self.steps} | loss {out.loss:.4f} "
                     f"| acc {100 * acc:5.1f}%{_chance(self.result.chance)} | "
-                    f"{tps:,.0f} tok/s | lr {out.lr:.2e}"
+                    f"{tps:,.0f} tok/s{self._mfu_text(tps)} | lr {out.lr:.2e}"
                     + (f" | bubble {100 * extra['bubble']:.0f}%" if "bubble" in extra else ""))
             self._open_line = self.tty and done < self.end
             print(("\r" + line) if self.tty else line, end="" if self._open_line else "\n",
                   flush=True)
+        self._t0 = time.perf_counter()
+
+    def _mfu_text(self, tps: float) -> str:
+        if self.mfu is None:
+            return ""
+        m = self.mfu(tps / self.world)
+        return (f" ({tps / self.world:,.0f}/GPU, causal-MFU {100 * m['causal_mfu']:.1f}%, "
+                f"hw {100 * m['hardware_mfu']:.1f}%)")
 
     def finish(self, device: torch.device, world: int) -> TrainResult:
-        """Close the metrics, gather peak memory (collective), print the summary."""
+        """Read the queue, close the metrics, gather peak memory (collective), print the
+        summary."""
+        self.flush(device)
         self.metrics.close()
         result = self.result
         result.tokens_per_s = (self.timed_tokens / self.timed_seconds
                                if self.timed_seconds else 0.0)
         result.final_accuracy = (sum(self.recent_acc) / len(self.recent_acc)
                                  if self.recent_acc else 0.0)
+        if self.mfu is not None and result.tokens_per_s:
+            result.mfu = self.mfu(result.tokens_per_s / self.world)
         mem = peak_memory_mb(device)
         if world > 1:
             gathered: list = [None] * world
@@ -170,7 +224,8 @@ class Progress:
             kind = "GPU allocated" if device.type == "cuda" else "RSS"
             self.say(f"summary: {len(result.losses)} steps | final loss {result.losses[-1]:.4f}"
                      f" | accuracy (last 20 steps) {100 * result.final_accuracy:.1f}%"
-                     f"{_chance(result.chance)} | {result.tokens_per_s:,.0f} tokens/s | "
+                     f"{_chance(result.chance)} | {result.tokens_per_s:,.0f} tokens/s"
+                     f"{self._mfu_text(result.tokens_per_s)} | "
                      f"peak memory per rank ({kind}, MiB): "
                      + ", ".join(f"{m:.0f}" for m in result.peak_memory_mb))
         return result

@@ -10,6 +10,7 @@ replaces the single forward/backward inside it and keeps the rest.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from ..data import LocalBatch
-from ..parallel import Parallelized, clip_grad_norm, sync_gradients
+from ..parallel import Parallelized, clip_grad_norm_tensor, sync_gradients
 from .config import TrainConfig
 from .loss import LossOutput, sp_exact_loss
+
+#: profiler range around clipping + the optimizer step (seqpar.train.step_profile)
+OPTIMIZER_RANGE = "seqpar::optimizer"
 
 #: ``on_gradients(step, par)``: sees the summed gradients before clipping (tests).
 GradientHook = Callable[[int, Parallelized], None]
@@ -28,13 +32,39 @@ GradientHook = Callable[[int, Parallelized], None]
 @dataclass
 class StepOutput:
     """Global loss/accuracy over the labelled tokens of the step, the gradient norm
-    before clipping and the learning rate used."""
+    before clipping and the learning rate used.
 
-    loss: float
-    accuracy: float
-    tokens: int
-    grad_norm: float
+    From :func:`train_step` the first four are 0-d device tensors (no host sync in the
+    step); :meth:`resolved` turns them into numbers with one sync, which the progress
+    does once per logged step for all the steps since the last one."""
+
+    loss: float | torch.Tensor
+    accuracy: float | torch.Tensor
+    tokens: int | torch.Tensor
+    grad_norm: float | torch.Tensor
     lr: float
+
+    def resolved(self) -> StepOutput:
+        """Plain numbers (one host sync when any value is a tensor)."""
+        values = [self.loss, self.accuracy, self.tokens, self.grad_norm]
+        if not any(isinstance(v, torch.Tensor) for v in values):
+            return self
+        return resolve_all([self])[0]
+
+
+def resolve_all(outs: list[StepOutput]) -> list[StepOutput]:
+    """Every output's numbers with ONE host sync (a stack of all their tensors)."""
+    flat = [torch.as_tensor(v, dtype=torch.float64).reshape(()).to("cpu")
+            if not isinstance(v, torch.Tensor) else v.detach().double().reshape(())
+            for o in outs for v in (o.loss, o.accuracy, o.tokens, o.grad_norm)]
+    if not flat:
+        return []
+    devices = {t.device for t in flat}
+    dev = next((d for d in devices if d.type != "cpu"), flat[0].device)
+    values = torch.stack([t.to(dev) for t in flat]).tolist()
+    return [StepOutput(loss=values[4 * i], accuracy=values[4 * i + 1],
+                       tokens=int(values[4 * i + 2]), grad_norm=values[4 * i + 3], lr=o.lr)
+            for i, o in enumerate(outs)]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -48,9 +78,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(par: Parallelized, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the (possibly sharded) parameters; the LR is set by each step."""
-    return torch.optim.AdamW(par.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-                             weight_decay=cfg.weight_decay)
+    """AdamW over the (possibly sharded) parameters; the LR is set by each step.
+
+    On CUDA the fused kernel (``fused=True``: one launch per parameter group instead of
+    a chain of foreach passes); on CPU, or with parameters in host memory (optimizer
+    offload), the default. ``SEQPAR_FUSED_ADAMW=0`` turns it off (to measure it)."""
+    params = list(par.model.parameters())
+    fused = bool(params) and all(p.device.type == "cuda" for p in params) and \
+        os.environ.get("SEQPAR_FUSED_ADAMW", "1") != "0"
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+                             weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
@@ -94,8 +131,12 @@ def train_step(par: Parallelized, optimizer: torch.optim.Optimizer, batch: Local
     sync_gradients(par)
     if on_gradients is not None:
         on_gradients(step, par)
-    grad_norm = clip_grad_norm(par, grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepOutput(loss=out.loss, accuracy=out.accuracy, tokens=out.tokens,
+    with torch.profiler.record_function(OPTIMIZER_RANGE):  # --profile-step classifies by it
+        grad_norm = clip_grad_norm_tensor(par, grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    # global [sum, count, correct] -> loss, accuracy, tokens, all still on the device
+    total, count, correct = out.stats.unbind()
+    denom = count.clamp(min=1.0)
+    return StepOutput(loss=total / denom, accuracy=correct / denom, tokens=count,
                       grad_norm=grad_norm, lr=lr)
