@@ -6,7 +6,10 @@ Launch modes, decided here and nowhere below:
   (NCCL on GPUs, gloo on CPU), one process per rank, multi-node the torchrun way;
 * otherwise spawn ``--nproc`` local processes (default: every visible GPU, or 4
   gloo processes on a CPU-only machine) on a free port;
-* ``--nproc 1``: train in this process, without torch.distributed.
+* ``--nproc 1`` on a CPU: train in this process, without torch.distributed (the
+  parity tests' reference run). On one GPU it is a spawned group of one rank, so the
+  model gets FSDP2's bf16 compute copies like every multi-GPU run (and the memory
+  planner's model of it), not fp32 weights under autocast.
 
 Spawned ranks go through the shared launcher (:mod:`seqpar.launch`): SIGTERM or
 SIGINT to this process reaches every rank, and a failure inside a rank is one
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if under_launcher():
         return in_group(_train_rank, (cfg.to_dict(),))
-    if world == 1:
+    if world == 1 and not cuda:
         from .loop import train
 
         device = torch.device("cuda", 0) if cuda else torch.device("cpu")
