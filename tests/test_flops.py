@@ -72,3 +72,13 @@ def test_encoder_attention_is_not_halved():
         12 * cfg.n_layers * cfg.dim * 128
     assert causal_flops_per_token(dec, 128) - 6 * non_embedding_params(dec) == \
         6 * dec.n_layers * dec.dim * 128
+
+
+def test_linformer_attention_counts_k_not_the_length():
+    """Linformer attends to k projected rows: its FLOPs per token do not grow with L
+    (measured on one H200: bert-base at 262,144 tokens otherwise printed 754 % MFU)."""
+    cfg = model_config("bert-tiny", attention="linformer", linformer_k=16, max_seq_len=1024)
+    extra = causal_flops_per_token(cfg, 1024) - 6 * non_embedding_params(cfg)
+    assert extra == 24 * cfg.n_layers * cfg.dim * 16
+    assert causal_flops_per_token(cfg, 1024) < causal_flops_per_token(model_config("bert-tiny"),
+                                                                      1024)

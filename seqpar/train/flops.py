@@ -45,7 +45,11 @@ def non_embedding_params(cfg: ModelConfig) -> int:
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward + backward attention FLOPs per token, causal: ``6 n_layers d L``
-    (``12 n_layers d L`` bidirectional)."""
+    (``12 n_layers d L`` bidirectional). Linformer attends to ``k`` projected rows
+    instead of ``L``: forward ``2 k d`` each for E K, F V, Q K'^T and P V' per layer,
+    so ``24 n_layers d k`` with the backward."""
+    if getattr(cfg, "attention", "softmax") == "linformer":
+        return 24 * cfg.n_layers * cfg.dim * cfg.linformer_k
     return (6 if cfg.causal else 12) * cfg.n_layers * cfg.dim * seq_len
 
 
