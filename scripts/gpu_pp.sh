@@ -3,17 +3,20 @@
 # pp=1 x sp=2 (the baseline), then pp=2 with GPipe, 1F1B and interleaved 1F1B (2 virtual
 # stages per rank); tokens/s and the measured bubble (idle fraction per stage) of each run
 # go to $OUT/pp.json. NCCL cannot put two ranks on one GPU, so pp=2 uses both GPUs (sp=1).
-# The memory planner does not model pp yet: --force. bash scripts/gpu_pp.sh (about 6 min)
+# The planner models pp (its predicted peak is the "memory: predicted peak" line, the measured
+# one "peak memory per rank": both go to $OUT/pp_mem_<i>.txt). bash scripts/gpu_pp.sh (about 6 min)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SEQPAR_LOG_DIR=/tmp/sl
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-COMMON="--model 1b --seq-len 16384 --batch-size 8 --steps 8 --warmup 1 --log-every 1 --nproc 2 --force --activation-checkpointing"
+COMMON="--model 1b --seq-len 16384 --batch-size 8 --steps 8 --warmup 1 --log-every 1 --nproc 2 --activation-checkpointing"
 i=0
 for extra in "--sp 2" "--pp 2 --sp 1 --pp-schedule gpipe --microbatches 4" \
              "--pp 2 --sp 1 --pp-schedule 1f1b --microbatches 8" \
              "--pp 2 --sp 1 --pp-schedule interleaved --virtual-stages 2 --microbatches 8"; do
   i=$((i+1)); echo "=== run $i: $extra"
-  timeout 110 python3 -m seqpar.cli train $COMMON $extra --metrics $OUT/pp_$i.jsonl 2>&1 | grep -v "^\[W" | tail -6
+  timeout 110 python3 -m seqpar.cli train $COMMON $extra --metrics $OUT/pp_$i.jsonl 2>&1 | grep -v "^\[W" \
+    | tee /tmp/pp_run.txt | tail -6
   echo "rc=${PIPESTATUS[0]}"; tail -n 8 /tmp/sl/*/rank-*.log 2>/dev/null | tail -16; rm -rf /tmp/sl
+  grep -E "memory: |peak memory" /tmp/pp_run.txt > $OUT/pp_mem_$i.txt
 done
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys

@@ -3,6 +3,7 @@ within stated tolerances, the search's choices, the longest fit, bad input."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -20,6 +21,7 @@ from seqpar.memory.planner import (
     GiB,
     MemoryConfig,
     best,
+    configurations,
     estimate,
     max_seq_len,
     plan,
@@ -215,3 +217,89 @@ def test_calibrate_tool_runs_on_cpu(tmp_path):
     rows = json.loads(out.read_text())
     assert len(rows) == 5 and all(r["error"] is None and r["measured_gib"] > 0 for r in rows)
     assert all(r["grad_rel_diff_vs_full"] < 0.05 for r in rows[1:])
+
+
+# ------------------------------------------------------------------ pipeline (pp > 1)
+
+def test_pipeline_plan_less_per_gpu_and_gpipe_holds_more():
+    """The same tokens per dp rank and the same sp per stage: pp=2 predicts less per
+    GPU than pp=1 (half the layers and states, a microbatch's activations); GPipe
+    (every microbatch alive) never less than 1F1B (at most pp alive)."""
+    from seqpar.memory.pipeline_plan import PipelineShape
+
+    for name in ("8b", "1b"):
+        cfg = model_config(name, vocab_size=128256)
+        for seq_len in (65536, 262144):
+            for mode, loss, mlp in itertools.product(("none", "selective", "full"),
+                                                     (0, 2048), (0, 8192)):
+                mc = MemoryConfig(loss, mlp, mode)
+                one = estimate(cfg, seq_len, 2, mc)
+                assert estimate(cfg, seq_len, 2, mc, pipeline=PipelineShape()) == one
+                for m in (1, 2, 4, 8):
+                    f1b = estimate(cfg, seq_len, 2, mc, pipeline=PipelineShape(2, m, "1f1b"))
+                    gpipe = estimate(cfg, seq_len, 2, mc,
+                                     pipeline=PipelineShape(2, m, "gpipe"))
+                    assert f1b.peak_gpu < one.peak_gpu, (name, seq_len, mc, m)
+                    assert gpipe.peak_gpu >= f1b.peak_gpu, (name, seq_len, mc, m)
+                    if m > 2:  # GPipe keeps m > pp microbatches' activations: strictly more
+                        assert gpipe.parts["stored_activations"] > \
+                            f1b.parts["stored_activations"]
+    cfg = model_config("8b", vocab_size=128256)
+    for mc in configurations(cfg.n_layers)[::9]:  # offload, optimizer offload too
+        for m in (2, 4):
+            assert estimate(cfg, 16384, 1, mc, pipeline=PipelineShape(4, m, "gpipe")).peak_gpu \
+                >= estimate(cfg, 16384, 1, mc, pipeline=PipelineShape(4, m, "1f1b")).peak_gpu
+
+
+def test_pipeline_parts_layers_and_in_flight():
+    from seqpar.memory.pipeline_plan import (
+        PipelineShape,
+        in_flight,
+        pipeline_parts,
+        rank_layers,
+    )
+
+    assert [in_flight(PipelineShape(4, 8, "1f1b"), r) for r in range(4)] == [4, 3, 2, 1]
+    assert [in_flight(PipelineShape(4, 2, "1f1b"), r) for r in range(4)] == [2, 2, 2, 1]
+    assert [in_flight(PipelineShape(2, 8, "gpipe"), r) for r in range(2)] == [8, 8]
+    # interleaved warm-up of rank r: (v-1) pp + 2 (pp-1-r) forwards, then the first 1F1B
+    inter = PipelineShape(2, 8, "interleaved", 2)
+    assert [in_flight(inter, r) for r in range(2)] == [5, 3]
+    # 6 microbatches over pp=4: one round of 6 (torch's microbatches_per_round)
+    six = PipelineShape(4, 6, "interleaved", 2)
+    assert [in_flight(six, r) for r in (0, 3)] == [12, 6 + 1]  # capped at m v = 12
+    assert rank_layers(8, inter, 0) == (0, 1, 4, 5) and rank_layers(8, inter, 1) == (2, 3, 6, 7)
+    cfg = model_config("1b", vocab_size=1000)
+    first, last = pipeline_parts(cfg, PipelineShape(4, 8, "1f1b"), gpus=2)
+    assert first.layers == (0, 1, 2, 3) and last.layers == (12, 13, 14, 15)
+    assert (first.root_params, first.loss, first.in_flight) == (1000 * 2048, False, 4)
+    assert (last.root_params, last.loss, last.in_flight) == (2048 + 1000 * 2048, True, 1)
+    assert first.gpus_on_host == 8
+    for shape, match in [(PipelineShape(3), "cannot be split evenly into pp\\*virtual_stages"
+                                            " = 3\\*1 = 3 stages"),
+                         (PipelineShape(2, 4, "interleaved"), "interleaved needs >= 2"),
+                         (PipelineShape(2, 4, "zb"), "pp_schedule='zb'"),
+                         (PipelineShape(2, 0), "must be at least 1")]:
+        with pytest.raises(ValueError, match=match):
+            pipeline_parts(cfg, shape, 2)
+
+
+def test_plan_cli_with_pp(capsys):
+    args = ["plan", "--model", "8b", "--vocab-size", "128256", "--seq-len", "131072",
+            "--gpus", "2", "--gpu-memory-gib", "139", "--host-memory-gib", "256"]
+    assert seqpar_main(args + ["--json"]) == 0
+    flat = json.loads(capsys.readouterr().out)
+    assert seqpar_main(args + ["--pp", "2", "--microbatches", "4", "--json"]) == 0
+    piped = json.loads(capsys.readouterr().out)
+    assert piped["inputs"]["pp"] == 2 and piped["inputs"]["microbatches"] == 4
+    assert piped["fits"] and piped["max_seq_len"] > 131072  # per microbatch
+    assert seqpar_main(args + ["--pp", "2", "--microbatches", "1", "--json"]) == 0
+    one_mb = json.loads(capsys.readouterr().out)
+    assert one_mb["max_seq_len"] > flat["max_seq_len"]  # half the layers per GPU
+    assert seqpar_main(args + ["--pp", "2", "--pp-schedule", "interleaved",
+                               "--microbatches", "8"]) == 0
+    assert "x pp=2 (interleaved, 8 microbatches)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        seqpar_main(args + ["--pp", "3"])
+    assert e.value.code == 2
+    assert "n_layers=32 cannot be split evenly" in capsys.readouterr().err

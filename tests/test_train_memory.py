@@ -191,3 +191,37 @@ def test_checkpointing_flag_forms_and_toml(tmp_path):
 def test_bad_memory_options_before_spawning(argv, needle, capsys):
     assert main([*argv, "--nproc", "2", "--seq-len", "64", "--batch-size", "2"]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_memory_plan_models_the_pipeline_stage():
+    """With --pp the planner estimates the worst pipeline rank: less than the whole
+    model on the same sp ranks, so the default checkpointing is no heavier, and a
+    configuration refused without pp is accepted with it."""
+    import re
+
+    from seqpar.train.memory_plan import default_checkpointing, pipeline_shape, plan_memory
+
+    def resolved(world, **kw):
+        return TrainConfig(model="1b", seq_len=32768, batch_size=4, sp=2, dtype="bf16",
+                           data="passkey", **kw).resolve(world, cuda=False)
+
+    def peak(cfg, gib):
+        line = plan_memory([], cfg, cuda=True, gpu_memory_gib=gib)
+        return float(re.search(r"predicted peak ([\d.]+) of", line).group(1))
+
+    flat, piped = resolved(2, force=True), resolved(4, pp=2, microbatches=4, force=True)
+    assert pipeline_shape(flat) is None
+    assert pipeline_shape(piped).microbatches == 4 and pipeline_shape(piped).pp == 2
+    assert peak(piped, 80) < peak(flat, 80)
+    gpipe = resolved(4, pp=2, microbatches=4, pp_schedule="gpipe", force=True)
+    assert peak(gpipe, 80) >= peak(piped, 80)
+    order = ("none", "selective", "full")
+    for gib in (40, 60, 80, 120):
+        assert order.index(default_checkpointing(resolved(4, pp=2, microbatches=4), cuda=True,
+                                                 gpu_memory_gib=gib)) <= \
+            order.index(default_checkpointing(resolved(2), cuda=True, gpu_memory_gib=gib))
+    budget = (peak(piped, 80) + peak(flat, 80)) / 2
+    with pytest.raises(ValueError, match="will not fit"):
+        plan_memory([], resolved(2), cuda=True, gpu_memory_gib=budget)
+    assert "predicted peak" in plan_memory([], resolved(4, pp=2, microbatches=4), cuda=True,
+                                           gpu_memory_gib=budget)

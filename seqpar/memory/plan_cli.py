@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from .pipeline_plan import SCHEDULES, PipelineShape
 from .planner import plan
 
 
@@ -28,12 +29,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="compute dtype (master weights and AdamW states are fp32)")
     ap.add_argument("--n-layers", type=int, default=None,
                     help="cut the model to this many blocks (as seqpar train --n-layers)")
+    ap.add_argument("--pp", type=int, default=1,
+                    help="pipeline stages, each of --gpus GPUs (the worst stage is planned)")
+    ap.add_argument("--microbatches", type=int, default=None,
+                    help="with --pp: microbatches of --seq-len tokens each (default: pp)")
+    ap.add_argument("--pp-schedule", default="1f1b", choices=SCHEDULES)
+    ap.add_argument("--virtual-stages", type=int, default=None,
+                    help="with --pp-schedule interleaved: stages per rank (default 2)")
     ap.add_argument("--json", action="store_true", help="print the answer as JSON")
     args = ap.parse_args(argv)
+    pipe = None
+    if args.pp != 1 or args.microbatches is not None or args.virtual_stages is not None:
+        virtual = args.virtual_stages or (2 if args.pp_schedule == "interleaved" else 1)
+        pipe = PipelineShape(args.pp, args.microbatches or args.pp, args.pp_schedule, virtual)
     try:
         out = plan(args.model, args.vocab_size, args.seq_len, args.gpus, args.gpu_memory_gib,
                    args.host_memory_gib, layout=args.layout,
-                   compute_bytes=2 if args.dtype == "bf16" else 4, n_layers=args.n_layers)
+                   compute_bytes=2 if args.dtype == "bf16" else 4, n_layers=args.n_layers,
+                   pipeline=pipe)
     except ValueError as e:
         ap.error(str(e))  # exits 2 with the message
     if args.json:
@@ -41,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     c = out["config"]
     verdict = "fits" if out["fits"] else "does NOT fit"
-    print(f"{args.model} (V={args.vocab_size}) at {args.seq_len} tokens on {args.gpus} GPU(s) "
+    stages = "" if pipe is None else (f" x pp={pipe.pp} ({pipe.schedule}, "
+                                      f"{pipe.microbatches} microbatches)")
+    print(f"{args.model} (V={args.vocab_size}) at {args.seq_len} tokens on {args.gpus} GPU(s)"
+          f"{stages} "
           f"of {args.gpu_memory_gib:g} GiB, host {args.host_memory_gib:g} GiB: {verdict}")
     print(f"  peak GPU {out['peak_gpu_gib']:.1f} GiB (allocated {out['peak_gpu_allocated_gib']:.1f}"
           f" + allocator/context), peak host {out['peak_host_gib']:.1f} GiB")

@@ -77,6 +77,7 @@ import itertools
 from dataclasses import dataclass
 
 from ..models import ModelConfig, model_config
+from .pipeline_plan import PipelineShape, StagePart, pipeline_parts
 
 GiB = 2**30
 LAYER_COST = {"none": 0.0, "selective": 0.05, "full": 0.25, "offload": 0.27}
@@ -133,14 +134,34 @@ def check_length(seq_len: int, gpus: int, layout: str = "zigzag") -> None:
 
 def estimate(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig, *,
              gpu_memory_gib: float = float("inf"), host_memory_gib: float = float("inf"),
-             compute_bytes: int = 2) -> Estimate:
-    """Peak GPU/host memory of ``mc`` (formulas: module doc)."""
-    s, b = _sizes(cfg), compute_bytes
-    d, f, kv, H, V = s["d"], s["f"], s["kv"], s["H"], s["V"]
-    n = seq_len / gpus
+             compute_bytes: int = 2, pipeline: PipelineShape | None = None) -> Estimate:
+    """Peak GPU/host memory of ``mc`` (formulas: module doc). ``pipeline`` with pp > 1:
+    the worst stage's (:mod:`seqpar.memory.pipeline_plan`); ``gpus`` stays the ranks
+    that split the tokens (sp x tp) inside a stage."""
     nl = cfg.n_layers
     if not 0 <= mc.offload_layers <= nl:
         raise ValueError(f"offload_layers={mc.offload_layers} not in [0, {nl}]")
+    if pipeline is not None and pipeline.pp > 1:
+        return max((_estimate_part(cfg, seq_len, gpus, mc, part, gpu_memory_gib,
+                                   host_memory_gib, compute_bytes)
+                    for part in pipeline_parts(cfg, pipeline, gpus)),
+                   key=lambda e: (e.reserved_gpu, e.peak_host))
+    whole = StagePart(layers=tuple(range(nl)), in_flight=1, chunk_layers=nl, microbatches=1,
+                      root_params=_sizes(cfg)["P_root"], loss=True, gpus_on_host=gpus)
+    return _estimate_part(cfg, seq_len, gpus, mc, whole, gpu_memory_gib, host_memory_gib,
+                          compute_bytes)
+
+
+def _estimate_part(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig,
+                   part: StagePart, gpu_memory_gib: float, host_memory_gib: float,
+                   compute_bytes: int) -> Estimate:
+    """:func:`estimate` of the layers ``part.layers`` (the whole model, or one pipeline
+    rank's stages with ``part.in_flight`` microbatches' activations stored)."""
+    s, b = _sizes(cfg), compute_bytes
+    d, f, kv, H, V = s["d"], s["f"], s["kv"], s["H"], s["V"]
+    n = seq_len / (gpus * part.microbatches)  # tokens per GPU of one microbatch
+    nl = cfg.n_layers
+    piped = part.microbatches > 1 or part.in_flight > 1 or len(part.layers) < nl
     # a norm's saved tensors per token: fp32 x, fp32 normalized, output; the lean norm
     # (seqpar.memory.norm, applied with the MLP tiles) keeps its input and output only
     norm_t = 2 * b * d if mc.mlp_chunk else (8 + b) * d
@@ -149,8 +170,13 @@ def estimate(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig, *,
     stored_att = b * (3 * d + 2 * kv) + 4 * H
     per_mode = {"full": b * d, "offload": 0.0, "selective": stored_att + 0.0,
                 "none": a_attn + a_mlp}
-    modes = ["offload"] * mc.offload_layers + [mc.ac_mode] * (nl - mc.offload_layers)
+    all_modes = ["offload"] * mc.offload_layers + [mc.ac_mode] * (nl - mc.offload_layers)
+    modes = [all_modes[i] for i in part.layers]
     stored = [n * per_mode[m] for m in modes]
+    # the other in-flight microbatches' storage (one chunk of layers each) and the
+    # stage-boundary activations the schedule holds for them
+    others = (part.in_flight - 1) * sum(stored) * part.chunk_layers / len(part.layers) + \
+        (part.in_flight * b * d * n if piped else 0.0)
     if mc.mlp_chunk:
         mlp_t = 4 * b * d * n + 7 * b * f * min(mc.mlp_chunk, n)
     else:
@@ -160,7 +186,9 @@ def estimate(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig, *,
     for m in set(modes):
         own = {"none": a_attn + a_mlp, "selective": stored_att}.get(m, 0.0) * n
         work = max(work, (a_attn + a_mlp) * n - own + mlp_t, a_attn * n - own + attn_t)
-    if mc.loss_chunk:
+    if not part.loss:
+        loss = 0.0
+    elif mc.loss_chunk:
         c = min(mc.loss_chunk, n)
         loss = (2 * b + 4) * V * c + (4 + b) * V * d + b * d * n
     else:
@@ -169,28 +197,35 @@ def estimate(cfg: ModelConfig, seq_len: int, gpus: int, mc: MemoryConfig, *,
     root_loss = (norm_t + 8 * s["hd"]) * n  # + the final norm's saved tensors
     on_gpu = 0.0 if mc.offload_optimizer else 1.0
     fsdp = not (gpus == 1 and b == 4)
-    units = (2 * b * s["P_blk"] + (b + 4) * s["P_blk"] + b * s["P_root"]) if fsdp else 0.0
-    kept = on_gpu * 12 * s["P"] / gpus  # fp32 params + AdamW states through fwd/bwd
+    params = len(part.layers) * s["P_blk"] + part.root_params
+    if not fsdp:
+        units = 0.0
+    elif part.microbatches > 1:  # the schedule keeps the stage unsharded (compute dtype)
+        # with unsharded fp32 gradients accumulated until its last microbatch's backward
+        units = (b + 4) * params + (b + 4) * s["P_blk"]
+    else:
+        units = 2 * b * s["P_blk"] + (b + 4) * s["P_blk"] + b * part.root_params
+    kept = on_gpu * 12 * params / gpus  # fp32 params + AdamW states through fwd/bwd
     grad_blk = on_gpu * 4 * s["P_blk"] / gpus
     # backward of layer i: layers > i have sharded gradients, layers <= i their storage
     acc = bwd = 0.0
     for i, s_i in enumerate(stored):
         acc += s_i
-        bwd = max(bwd, acc + (nl - 1 - i) * grad_blk)
-    phases = {"loss": kept + units + sum(stored) + root_loss + loss,
-              "backward": kept + units + bwd + root_block + work,
-              "optimizer": on_gpu * 20 * s["P"] / gpus}
+        bwd = max(bwd, acc + (len(stored) - 1 - i) * grad_blk)
+    phases = {"loss": kept + units + others + sum(stored) + root_loss + loss,
+              "backward": kept + units + others + bwd + root_block + work,
+              "optimizer": on_gpu * 20 * params / gpus}
     phase = max(phases, key=phases.get)
     peak = phases[phase]
     reserved = OVERHEAD * peak + CONTEXT_GIB * GiB
-    states = 16 * s["P"] / gpus
+    states = 16 * params / gpus
     host_rank = PROCESS_HOST_GIB * GiB + (states if mc.offload_optimizer else 0.0) + \
-        n * b * d * mc.offload_layers
-    host = gpus * host_rank
-    cost = sum(LAYER_COST[m] for m in modes) / nl + MLP_TILE_COST * bool(mc.mlp_chunk) + \
+        n * part.in_flight * b * d * sum(m == "offload" for m in modes)
+    host = part.gpus_on_host * host_rank
+    cost = sum(LAYER_COST[m] for m in all_modes) / nl + MLP_TILE_COST * bool(mc.mlp_chunk) + \
         LOSS_CHUNK_COST * bool(mc.loss_chunk) + OPT_OFFLOAD_COST * mc.offload_optimizer
     fits = reserved <= gpu_memory_gib * GiB and host <= HOST_USABLE * host_memory_gib * GiB
-    parts = dict(params_and_adam=kept, units=units, stored_activations=sum(stored),
+    parts = dict(params_and_adam=kept, units=units, stored_activations=sum(stored) + others,
                  loss=loss, block_working_set=work + root_block,
                  **{f"phase_{k}": v for k, v in phases.items()})
     return Estimate(mc, peak, reserved, host, cost, fits,
@@ -209,11 +244,13 @@ def configurations(n_layers: int):
 
 
 def best(cfg: ModelConfig, seq_len: int, gpus: int, gpu_memory_gib: float,
-         host_memory_gib: float, compute_bytes: int = 2) -> Estimate:
+         host_memory_gib: float, compute_bytes: int = 2,
+         pipeline: PipelineShape | None = None) -> Estimate:
     """The fastest fitting configuration; if none fits, the one that needs the least
     scale-up of GPU or host memory (``max(reserved / G, host / (0.9 H))``)."""
     ests = [estimate(cfg, seq_len, gpus, mc, gpu_memory_gib=gpu_memory_gib,
-                     host_memory_gib=host_memory_gib, compute_bytes=compute_bytes)
+                     host_memory_gib=host_memory_gib, compute_bytes=compute_bytes,
+                     pipeline=pipeline)
             for mc in configurations(cfg.n_layers)]
     fitting = [e for e in ests if e.fits]
     if fitting:
@@ -224,13 +261,17 @@ def best(cfg: ModelConfig, seq_len: int, gpus: int, gpu_memory_gib: float,
 
 
 def max_seq_len(cfg: ModelConfig, gpus: int, gpu_memory_gib: float, host_memory_gib: float,
-                layout: str = "zigzag", compute_bytes: int = 2, limit: int = 2**28) -> int:
+                layout: str = "zigzag", compute_bytes: int = 2, limit: int = 2**28,
+                pipeline: PipelineShape | None = None) -> int:
     """The longest ``L`` (a multiple the layout can split) some configuration fits; 0 if
-    none. Binary search: memory grows with L in every term."""
+    none. Binary search: memory grows with L in every term. With ``pipeline``: ``L``
+    per microbatch (the step holds ``microbatches x L`` tokens per dp rank)."""
     q = LAYOUT_MULTIPLE[layout] * gpus
+    per_step = 1 if pipeline is None else pipeline.microbatches
 
     def ok(m):
-        return best(cfg, m * q, gpus, gpu_memory_gib, host_memory_gib, compute_bytes).fits
+        return best(cfg, m * q * per_step, gpus, gpu_memory_gib, host_memory_gib,
+                    compute_bytes, pipeline).fits
 
     lo, hi = 0, limit // q
     if ok(hi):
@@ -242,11 +283,13 @@ def max_seq_len(cfg: ModelConfig, gpus: int, gpu_memory_gib: float, host_memory_
 
 
 def _bound(cfg: ModelConfig, top: int, gpus: int, gpu_memory_gib: float,
-           host_memory_gib: float, layout: str, compute_bytes: int) -> str:
+           host_memory_gib: float, layout: str, compute_bytes: int,
+           pipeline: PipelineShape | None = None) -> str:
     """What stops the next length past ``top``: "gpu" or "host" memory (the closest
     configuration's larger overshoot)."""
-    e = best(cfg, top + LAYOUT_MULTIPLE[layout] * gpus, gpus, gpu_memory_gib,
-             host_memory_gib, compute_bytes)
+    per_step = 1 if pipeline is None else pipeline.microbatches
+    e = best(cfg, (top + LAYOUT_MULTIPLE[layout] * gpus) * per_step, gpus, gpu_memory_gib,
+             host_memory_gib, compute_bytes, pipeline)
     gpu = e.reserved_gpu / (gpu_memory_gib * GiB)
     host = e.peak_host / (HOST_USABLE * host_memory_gib * GiB)
     if e.fits:  # the search's limit, not memory
@@ -264,8 +307,11 @@ def config_dict(mc: MemoryConfig, n_layers: int) -> dict:
 
 def plan(model: str, vocab_size: int, seq_len: int, gpus: int, gpu_memory_gib: float,
          host_memory_gib: float, *, layout: str = "zigzag", compute_bytes: int = 2,
-         n_layers: int | None = None) -> dict:
-    """``seqpar plan``'s answer (JSON-ready): fit, peaks, max length, chosen options."""
+         n_layers: int | None = None, pipeline: PipelineShape | None = None) -> dict:
+    """``seqpar plan``'s answer (JSON-ready): fit, peaks, max length, chosen options.
+
+    ``pipeline``: ``pp`` stages of ``gpus`` GPUs each; the step runs ``microbatches``
+    sequences of ``seq_len`` tokens (one per microbatch) through them."""
     for name, value in (("vocab_size", vocab_size), ("gpu_memory_gib", gpu_memory_gib),
                         ("host_memory_gib", host_memory_gib)):
         if not value > 0:
@@ -279,22 +325,31 @@ def plan(model: str, vocab_size: int, seq_len: int, gpus: int, gpu_memory_gib: f
                        **({} if n_layers is None else {"n_layers": n_layers}))
     if cfg.arch != "decoder":
         raise ValueError(f"plan: {model!r} is an encoder; the planner models decoders")
-    e = best(cfg, seq_len, gpus, gpu_memory_gib, host_memory_gib, compute_bytes)
-    top = max_seq_len(cfg, gpus, gpu_memory_gib, host_memory_gib, layout, compute_bytes)
+    if pipeline is not None:
+        pipeline.validate(cfg.n_layers)
+    per_step = 1 if pipeline is None else pipeline.microbatches
+    e = best(cfg, seq_len * per_step, gpus, gpu_memory_gib, host_memory_gib, compute_bytes,
+             pipeline)
+    top = max_seq_len(cfg, gpus, gpu_memory_gib, host_memory_gib, layout, compute_bytes,
+                      pipeline=pipeline)
     return {
         "fits": e.fits, "peak_gpu_gib": round(e.reserved_gpu / GiB, 2),
         "peak_gpu_allocated_gib": round(e.peak_gpu / GiB, 2),
         "peak_host_gib": round(e.peak_host / GiB, 2),
         "max_seq_len": top,
         "max_seq_len_bound": _bound(cfg, top, gpus, gpu_memory_gib, host_memory_gib, layout,
-                                    compute_bytes),
+                                    compute_bytes, pipeline),
         "config": config_dict(e.config, cfg.n_layers), "speed_cost": round(e.cost, 3),
         "breakdown_gib": {k: round(v, 2) for k, v in e.parts.items()},
         "inputs": {"model": model, "vocab_size": vocab_size, "seq_len": seq_len, "gpus": gpus,
                    "gpu_memory_gib": gpu_memory_gib, "host_memory_gib": host_memory_gib,
-                   "layout": layout, "params": cfg.num_params(), "n_layers": cfg.n_layers},
+                   "layout": layout, "params": cfg.num_params(), "n_layers": cfg.n_layers,
+                   **({} if pipeline is None else {
+                       "pp": pipeline.pp, "microbatches": pipeline.microbatches,
+                       "pp_schedule": pipeline.schedule,
+                       "virtual_stages": pipeline.virtual_stages})},
     }
 
 
-__all__ = ["Estimate", "MemoryConfig", "best", "check_length", "configurations",
+__all__ = ["Estimate", "MemoryConfig", "PipelineShape", "best", "check_length", "configurations",
            "estimate", "max_seq_len", "plan"]

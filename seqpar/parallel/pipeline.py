@@ -27,7 +27,13 @@ import torch.nn as nn
 from .gradients import local, split_params
 from .parallel_dims import ParallelDims
 from .parallelize import Parallelized, parallelize
-from .pipeline_schedule import BusyTimer, MicrobatchLoss, make_schedule, make_stage
+from .pipeline_schedule import (
+    BusyTimer,
+    MicrobatchLoss,
+    chunked_head_stats,
+    make_schedule,
+    make_stage,
+)
 from .pipeline_stages import TransformerStage, build_stages
 
 
@@ -109,17 +115,22 @@ def parallelize_pipeline(model: nn.Module, dims: ParallelDims, mesh, *, device: 
                          activation_checkpointing: bool | str = False,
                          param_dtype: torch.dtype | None = None, mlp_chunk: int = 0,
                          offload_layers: int | None = None,
-                         offload_optimizer: bool = False) -> PipelineParallelized:
+                         offload_optimizer: bool = False,
+                         loss_chunk: int = 0) -> PipelineParallelized:
     """This rank's stages of ``model`` (built whole on every rank, same seed), each
     parallelized over its pp coordinate's groups, and the schedule that runs them.
 
     ``batch_size`` / ``seq_len`` are the global batch shape: the stages' microbatch
     shapes ``(B / (dp * microbatches), L / (sp * tp))`` follow from them.
+    ``loss_chunk > 0``: the last stage runs the chunked head + loss (no logits; the
+    step passes ``labels`` to the schedule, :mod:`.pipeline_schedule`).
     """
     cfg = model.cfg
     dims.validate(mesh.size(), model=cfg, seq_len=seq_len, batch_size=batch_size)
     pp_rank = mesh.get_local_rank("pp")
     stages = build_stages(model, pp_rank, dims.pp, dims.virtual_stages)
+    for stage in stages:
+        stage.set_head_loss(chunked_head_stats(loss_chunk) if loss_chunk else None)
     handles = []
     for stage in stages:
         par = parallelize(stage, dims, mesh, fsdp=fsdp,
@@ -140,8 +151,9 @@ def parallelize_pipeline(model: nn.Module, dims: ParallelDims, mesh, *, device: 
     pipe_stages = [make_stage(s, s.stage, dims.n_stages, device, pp_group,
                               microbatch=microbatch, local_len=local_len, dim=cfg.dim,
                               vocab=cfg.vocab_size, act_dtype=act_dtype,
-                              logits_dtype=compute) for s in stages]
-    whole.loss_fn = MicrobatchLoss()
+                              logits_dtype=compute, head_stats=loss_chunk > 0)
+                   for s in stages]
+    whole.loss_fn = MicrobatchLoss(chunked=loss_chunk > 0)
     whole.schedule = make_schedule(dims.pp_schedule, pipe_stages, dims.n_microbatches,
                                    whole.loss_fn)
     whole.timer = BusyTimer(pipe_stages, device)

@@ -17,18 +17,26 @@ gradients of it, as Megatron's embedding group does).
 Per-batch data travels as forward arguments (microbatched along dim 0 by the
 schedule, so both are batch-shaped): ``position_ids (B, L)`` (every row the
 same global positions) and ``documents (B, K)``: each sequence's global document
-boundaries (``cu_seqlens``) padded with ``-1``.
+boundaries (``cu_seqlens``) padded with ``-1``; with a chunked head + loss
+(:meth:`TransformerStage.set_head_loss`) also ``labels (B, L)``, so that the head
+weight is used inside the last stage's forward (the full weight under FSDP2, its
+gradient reduced by FSDP2's own hooks, as in the unpipelined model's ``head_loss``).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.transformer import AttentionFn, Transformer
+
+#: ``head_loss(hidden (B, L, dim), head_weight (V, dim), labels (B, L))`` -> a tensor
+#: the schedule's loss function reads (e.g. a chunked head + loss that never builds logits)
+StageHeadLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: padding of the ``documents`` rows (a boundary is never negative)
 NO_BOUNDARY = -1
@@ -61,7 +69,8 @@ class TransformerStage(nn.Module):
     """Stage ``stage`` of ``n_stages``: layers ``layer_ids`` of ``model`` (shared, not copied).
 
     Forward: tokens ``(B, L)`` (first stage) or hidden ``(B, L, dim)`` -> hidden
-    ``(B, L, dim)``, or logits ``(B, L, V)`` on the last stage.
+    ``(B, L, dim)``, or logits ``(B, L, V)`` on the last stage (or, with
+    :meth:`set_head_loss` and ``labels``, what the head loss returns).
     """
 
     def __init__(self, model: Transformer, layer_ids: range, *, stage: int, n_stages: int):
@@ -77,17 +86,24 @@ class TransformerStage(nn.Module):
             self.norm = model.norm
             if not self.cfg.tie_embeddings:
                 self.output = model.output
+        self.head_loss: StageHeadLoss | None = None
 
     def set_attention(self, attn_fn: AttentionFn) -> None:
         """Inject the attention callable used by every layer of this stage."""
         for block in self.layers:
             block.attention.attn_fn = attn_fn
 
+    def set_head_loss(self, head_loss: StageHeadLoss | None) -> None:
+        """Inject the function that replaces the head on the last stage when ``labels``
+        are given (it holds no process group: the loss is this microbatch's local one)."""
+        self.head_loss = head_loss
+
     def head_weight(self) -> torch.Tensor:
         return self.tok_embeddings.weight if self.cfg.tie_embeddings else self.output.weight
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor,
-                documents: torch.Tensor | None = None) -> torch.Tensor:
+                documents: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
         pos = position_ids[0]  # (B, L) -> (L,): every row holds the same positions
         docs = None if documents is None else [row[row != NO_BOUNDARY] for row in documents]
         h = self.tok_embeddings(x) if self.is_first else x  # (B, L) ids -> (B, L, dim)
@@ -96,6 +112,8 @@ class TransformerStage(nn.Module):
             h = block(h, rope, documents=docs)
         if not self.is_last:
             return h  # (B, L, dim)
+        if self.head_loss is not None and labels is not None:
+            return self.head_loss(self.norm(h), self.head_weight(), labels)  # hidden (B, L, dim)
         return F.linear(self.norm(h), self.head_weight())  # (B, L, dim) -> (B, L, V)
 
 

@@ -61,7 +61,7 @@ def build(cfg: TrainConfig, device: torch.device) -> tuple[Parallelized, object,
                                    activation_checkpointing=cfg.checkpointing_mode,
                                    mlp_chunk=cfg.mlp_chunk, offload_layers=cfg.offload_layers,
                                    offload_optimizer=cfg.offload_optimizer,
-                                   param_dtype=cfg.torch_dtype)
+                                   param_dtype=cfg.torch_dtype, loss_chunk=cfg.loss_chunk)
         # this rank's stages only, under the whole model's names (same values as pp=1)
         materialize(par.model, mcfg, cfg.seed, device, tp_plan=par.tp_plan,
                     tp_rank=par.local_rank("tp"), tp=cfg.tp)

@@ -12,7 +12,8 @@ a message (host RAM is not the budget the planner models, and CPU runs are small
 The planner models one sequence of ``seq_len`` tokens split over ``gpus`` ranks;
 here the length is ``seq_len x`` the per-dp-rank batch and ``gpus = sp x tp`` (the
 ranks that split those tokens), a deliberate approximation documented in
-docs/memory.md.
+docs/memory.md. With ``--pp`` the planner estimates the worst pipeline rank (its
+layers, its in-flight microbatches: :mod:`seqpar.memory.pipeline_plan`).
 """
 
 from __future__ import annotations
@@ -41,12 +42,24 @@ def memory_config(cfg: TrainConfig, n_layers: int):
                         offload, cfg.offload_optimizer)
 
 
+def pipeline_shape(cfg: TrainConfig):
+    """The planner's :class:`~seqpar.memory.pipeline_plan.PipelineShape` of ``cfg``,
+    or None without pipelining."""
+    from ..memory.pipeline_plan import PipelineShape
+
+    if cfg.pp <= 1:
+        return None
+    return PipelineShape(cfg.pp, cfg.microbatches or cfg.pp, cfg.pp_schedule,
+                         cfg.virtual_stages)
+
+
 def _longest(mcfg, gpus: int, gpu_gib: float, host_gib: float, layout: str,
-             nbytes: int) -> int:
+             nbytes: int, pipe=None) -> int:
     from ..memory.planner import LAYOUT_MULTIPLE, max_seq_len
 
     return max_seq_len(mcfg, gpus, gpu_gib, host_gib,
-                       layout if layout in LAYOUT_MULTIPLE else "contiguous", nbytes)
+                       layout if layout in LAYOUT_MULTIPLE else "contiguous", nbytes,
+                       pipeline=pipe)
 
 
 def set_memory_options(cfg: TrainConfig, mc, n_layers: int) -> None:
@@ -118,7 +131,8 @@ def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
     length = resolved.seq_len * max(1, resolved.batch_size // resolved.dp)
     gpus = resolved.sp * resolved.tp
     host, nbytes = _host_memory_gib(), 4 if resolved.dtype in ("float32", "fp32") else 2
-    top = best(mcfg, length, gpus, gpu_memory_gib, host, nbytes)
+    pipe = pipeline_shape(resolved)
+    top = best(mcfg, length, gpus, gpu_memory_gib, host, nbytes, pipe)
     if resolved.memory == "auto":
         if not top.fits and not resolved.force:
             raise ValueError(
@@ -126,15 +140,17 @@ def plan_memory(cfgs: list[TrainConfig], resolved: TrainConfig, *, cuda: bool,
                 f"cheapest option, {describe(top.config, mcfg.n_layers)}, needs "
                 f"{top.reserved_gpu / GiB:.1f} GiB GPU of {gpu_memory_gib:.1f} GiB and "
                 f"{top.peak_host / GiB:.1f} GiB host of {host:.1f} GiB; the longest that "
-                f"fits: {_longest(mcfg, gpus, gpu_memory_gib, host, resolved.layout, nbytes)} "
-                f"tokens (seqpar plan); --force runs it anyway")
+                f"fits: {_longest(mcfg, gpus, gpu_memory_gib, host, resolved.layout, nbytes, pipe)}"
+                f" tokens{' per microbatch' if pipe else ''} (seqpar plan); --force runs it "
+                f"anyway")
         for cfg in [*cfgs, resolved]:
             set_memory_options(cfg, top.config, mcfg.n_layers)
         fit = "fits" if top.fits else "does NOT fit (closest; --force)"
         return (f"memory: auto: {describe(top.config, mcfg.n_layers)}; predicted peak "
                 f"{top.reserved_gpu / GiB:.1f} of {gpu_memory_gib:.1f} GiB ({fit})")
     mine = estimate(mcfg, length, gpus, memory_config(resolved, mcfg.n_layers),
-                    gpu_memory_gib=gpu_memory_gib, host_memory_gib=host, compute_bytes=nbytes)
+                    gpu_memory_gib=gpu_memory_gib, host_memory_gib=host, compute_bytes=nbytes,
+                    pipeline=pipe)
     line = (f"memory: predicted peak {mine.reserved_gpu / GiB:.1f} of "
             f"{gpu_memory_gib:.1f} GiB GPU, {mine.peak_host / GiB:.1f} GiB host")
     if not mine.fits and not resolved.force:
@@ -176,6 +192,7 @@ def default_checkpointing(resolved: TrainConfig, *, cuda: bool,
     for mode in ("none", "selective", "full"):
         mc = memory_config(replace(resolved, activation_checkpointing=mode), mcfg.n_layers)
         if estimate(mcfg, length, resolved.sp * resolved.tp, mc, gpu_memory_gib=gpu_memory_gib,
-                    host_memory_gib=_host_memory_gib(), compute_bytes=nbytes).fits:
+                    host_memory_gib=_host_memory_gib(), compute_bytes=nbytes,
+                    pipeline=pipeline_shape(resolved)).fits:
             return mode
     return "full"

@@ -48,9 +48,13 @@ def pipeline_train_step(par: PipelineParallelized, optimizer: torch.optim.Optimi
                         autocast: AbstractContextManager | None = None,
                         on_gradients: GradientHook | None = None,
                         loss_chunk: int = 0) -> PipelineStepOutput:
-    """Run step ``step`` on this rank's ``batch`` through the schedule; collective."""
-    if loss_chunk:
-        raise ValueError(f"--loss-chunk {loss_chunk} is not supported with pp > 1 yet")
+    """Run step ``step`` on this rank's ``batch`` through the schedule; collective.
+
+    ``loss_chunk``: as given to :func:`~seqpar.parallel.pipeline.parallelize_pipeline`
+    (the labels then travel to the last stage's forward)."""
+    if bool(loss_chunk) != par.loss_fn.chunked:
+        raise ValueError(f"loss_chunk={loss_chunk} differs from the pipeline's "
+                         f"(built {'with' if par.loss_fn.chunked else 'without'} loss_chunk)")
     for group in optimizer.param_groups:
         group["lr"] = lr
     device = batch.tokens.device
@@ -64,6 +68,8 @@ def pipeline_train_step(par: PipelineParallelized, optimizer: torch.optim.Optimi
     documents = pad_documents(batch.cu_seqlens)
     if documents is not None:
         kwargs["documents"] = documents.to(device)
+    if loss_chunk:  # the chunked head + loss runs in the last stage's forward
+        kwargs["labels"] = batch.labels
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     par.timer.busy, t0 = 0.0, time.perf_counter()

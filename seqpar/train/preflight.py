@@ -86,8 +86,6 @@ def memory_problems(cfg: TrainConfig) -> list[str]:
                            f"(got tp={cfg.tp}): the head / MLP is sharded under TP")
     if cfg.offload_optimizer and not cfg.fsdp:
         bad.append("--offload-optimizer needs --fsdp")
-    if cfg.pp > 1 and cfg.loss_chunk:
-        bad.append(f"--loss-chunk {cfg.loss_chunk} is not supported with --pp {cfg.pp} yet")
     return bad
 
 
