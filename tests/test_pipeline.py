@@ -109,8 +109,11 @@ def test_pipeline_parity_and_resume_4_ranks(spawn, refs, text_file, tmp_path):
              fsdp=True),
         dict(pp=2, sp=2, data=text_file, strategy="ring", layout="zigzag", fsdp=True,
              activation_checkpointing=True),
-        # the chunked head + loss in the last stage (tied head), 2 chunks per microbatch
+        # the chunked head + loss in the last stage (tied head), 2 chunks per microbatch;
+        # FSDP2 with 1F1B, replicated with interleaved (the last stage is virtual stage 3)
         dict(pp=2, sp=2, loss_chunk=16, microbatches=4, fsdp=True),
+        dict(pp=2, sp=2, loss_chunk=16, pp_schedule="interleaved", virtual_stages=2,
+             microbatches=2, fsdp=False),
         dict(pp=1, sp=4, resume_from=dict(pp=2, sp=2, fsdp=True)),
         dict(pp=2, sp=2, pp_schedule="gpipe", resume_from=dict(pp=1, sp=4, fsdp=True)),
     ]
