@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 
@@ -6,6 +7,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from distributed import run_distributed  # noqa: E402
+from parity import TEXT  # noqa: E402
 
 
 @pytest.fixture
@@ -35,3 +37,11 @@ def _launcher_logs(tmp_path_factory):
         os.environ.pop("SEQPAR_LOG_DIR", None)
     else:
         os.environ["SEQPAR_LOG_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """A .jsonl of packed text documents (tests/parity.py's TEXT)."""
+    path = tmp_path_factory.mktemp("text") / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in TEXT.split("\n")) + "\n")
+    return str(path)

@@ -86,3 +86,24 @@ class FirstGrads:
     def __call__(self, step, par):
         if step == 0:
             self.grads = par.full_gradients()
+
+
+def compare_training(name: str, got, ref, tol: float = 1e-5) -> list[str]:
+    """Problems of a run ``(losses, first-step grads)`` against the reference run's."""
+    (losses, grads), (ref_losses, ref_grads) = got, ref
+    bad = []
+    worst = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
+    if len(losses) != len(ref_losses) or not worst <= tol:
+        bad.append(f"{name}: loss rel err {worst:.3g}: {losses} vs {ref_losses}")
+    if sorted(grads) != sorted(ref_grads):
+        return bad + [f"{name}: gradient names differ"]
+    for key, want in ref_grads.items():
+        err = ((grads[key] - want).norm() / want.norm()).item()
+        if not err <= tol:
+            bad.append(f"{name}: step-1 grad of {key} rel err {err:.3g}")
+    return bad
+
+
+#: packed text documents for the training tests' ``text_file`` fixture
+TEXT = "\n".join(f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (i % 3 + 1)
+                 for i in range(40))

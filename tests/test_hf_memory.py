@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from parity import FirstGrads
+from parity import FirstGrads, compare_training
 from test_hf_parity import tiny_config
 from test_train_hf import WORDS, _tokenizer
 from transformers import AutoModelForCausalLM
@@ -21,7 +21,6 @@ from transformers import AutoModelForCausalLM
 from seqpar.train import TrainConfig, train
 from seqpar.train.cli import main
 
-TOL = 1e-5
 # offload of layer 0 runs layer 1 fully checkpointed: both modes in one case
 ALONE = [dict(loss_chunk=12), dict(mlp_chunk=8), dict(activation_checkpointing="selective"),
          dict(activation_checkpointing="offload", offload_layers=1)]
@@ -60,21 +59,6 @@ def _run(folder, family: str, world: int, **kw) -> tuple[list[float], dict]:
     return losses, probe.grads
 
 
-def _compare(name: str, got, ref) -> list[str]:
-    (losses, grads), (ref_losses, ref_grads) = got, ref
-    bad = []
-    worst = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
-    if len(losses) != len(ref_losses) or not worst <= TOL:
-        bad.append(f"{name}: loss rel err {worst:.3g}: {losses} vs {ref_losses}")
-    if sorted(grads) != sorted(ref_grads):
-        return bad + [f"{name}: gradient names differ"]
-    for key, want in ref_grads.items():
-        err = ((grads[key] - want).norm() / want.norm()).item()
-        if not err <= TOL:
-            bad.append(f"{name}: step-1 grad of {key} rel err {err:.3g}")
-    return bad
-
-
 @pytest.fixture(scope="module")
 def reference(folder):
     return {f: _run(folder, f, 1, fsdp=False) for f in ("llama", "mistral")}
@@ -85,7 +69,7 @@ def test_each_option_alone_one_process(folder, reference):
     assert len(losses) == 3 and losses[-1] != losses[0] and len(grads) > 10
     bad = []
     for case in ALONE:
-        bad += _compare(f"llama sp=1 {case}", _run(folder, "llama", 1, fsdp=False, **case),
+        bad += compare_training(f"llama sp=1 {case}", _run(folder, "llama", 1, fsdp=False, **case),
                         reference["llama"])
     assert not bad, "\n".join(bad)
 
@@ -93,7 +77,7 @@ def test_each_option_alone_one_process(folder, reference):
 def _grid(rank, world, folder, reference, cases):
     bad = []
     for family, case in cases:
-        bad += _compare(f"{family} world={world} {case} (rank {rank})",
+        bad += compare_training(f"{family} world={world} {case} (rank {rank})",
                         _run(folder, family, world, **case), reference[family])
     assert not bad, "\n".join(bad)
 

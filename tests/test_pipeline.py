@@ -27,8 +27,6 @@ STEPS = 4
 BASE = dict(seq_len=64, batch_size=4, steps=STEPS, lr=3e-3, warmup=2, log_every=10**6,
             data="passkey", n_layers=4)
 TOL = 1e-5
-TEXT = "\n".join(f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (i % 3 + 1)
-                 for i in range(40))
 
 
 def _cfg(world: int, **kw) -> TrainConfig:
@@ -87,13 +85,6 @@ def _grid(rank, world, refs, cases, ckpt_root):
             if len(rows) != STEPS or bad:
                 failures.append(f"{case}: metrics rows without a valid bubble: {bad or rows}")
     assert not failures, "\n".join(failures)
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "docs.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t}) for t in TEXT.split("\n")) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ head has a realistic size while the built-in data keeps its byte token ids).
 from __future__ import annotations
 
 import pytest
-from parity import FirstGrads
+from parity import FirstGrads, compare_training
 
 from seqpar.train import TrainConfig, train
 from seqpar.train.cli import main
@@ -49,7 +49,6 @@ def test_vocab_size_below_the_data_is_refused(capsys):
 
 PARITY = dict(seq_len=64, batch_size=2, steps=3, lr=3e-3, warmup=1, log_every=10**6,
               data="passkey", vocab_size=4096)
-TOL = 1e-5
 ALONE = [dict(loss_chunk=24), dict(mlp_chunk=8), dict(activation_checkpointing="selective"),
          dict(activation_checkpointing="offload"),
          dict(activation_checkpointing="offload", offload_layers=1),
@@ -66,21 +65,6 @@ def _run(world: int, **kw) -> tuple[list[float], dict]:
     return losses, probe.grads
 
 
-def _compare(name: str, got, ref) -> list[str]:
-    (losses, grads), (ref_losses, ref_grads) = got, ref
-    bad = []
-    worst = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
-    if len(losses) != len(ref_losses) or not worst <= TOL:
-        bad.append(f"{name}: loss rel err {worst:.3g}: {losses} vs {ref_losses}")
-    if sorted(grads) != sorted(ref_grads):
-        return bad + [f"{name}: gradient names differ"]
-    for key, want in ref_grads.items():
-        err = ((grads[key] - want).norm() / want.norm()).item()
-        if not err <= TOL:
-            bad.append(f"{name}: step-1 grad of {key} rel err {err:.3g}")
-    return bad
-
-
 @pytest.fixture(scope="module")
 def reference():
     return _run(1, fsdp=False)
@@ -89,14 +73,15 @@ def reference():
 def test_each_option_alone_one_process(reference):
     bad = []
     for case in ALONE:
-        bad += _compare(f"sp=1 {case}", _run(1, fsdp=False, **case), reference)
+        bad += compare_training(f"sp=1 {case}", _run(1, fsdp=False, **case), reference)
     assert not bad, "\n".join(bad)
 
 
 def _grid(rank, world, reference, cases):
     bad = []
     for case in cases:
-        bad += _compare(f"world={world} {case} (rank {rank})", _run(world, **case), reference)
+        bad += compare_training(f"world={world} {case} (rank {rank})", _run(world, **case),
+                                reference)
     assert not bad, "\n".join(bad)
 
 

@@ -12,8 +12,6 @@ grid runs inside the workers and every failing case is reported by name.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from parity import FirstGrads
 
@@ -39,8 +37,6 @@ def _reference(model: str, **kw) -> tuple[list[float], dict]:
     return losses, probe.grads
 
 
-TEXT = "\n".join(f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (i % 3 + 1)
-                 for i in range(40))
 
 
 def _cases(world: int, text: str) -> list[dict]:
@@ -95,13 +91,6 @@ def _grid(rank, world, refs, cases):
                 failures.append(f"world={world} {case}: step-1 grad of {name} rel err "
                                 f"{err:.3g} (rank {rank})")
     assert not failures, "\n".join(failures)
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "docs.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t}) for t in TEXT.split("\n")) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
