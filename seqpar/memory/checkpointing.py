@@ -81,8 +81,9 @@ def _selective_contexts():
     return _holding(kept, False), _recomputing(kept)
 
 
-class KeptAttention:
-    """Wraps an attention callable so that selective checkpointing keeps its result."""
+class AttentionWrapper:
+    """An attention callable around ``inner`` that reads and writes its attributes
+    through (strategy, group...), so wrappers stack; subclasses define ``__call__``."""
 
     def __init__(self, inner):
         object.__setattr__(self, "inner", inner)
@@ -92,6 +93,10 @@ class KeptAttention:
 
     def __setattr__(self, name, value):
         setattr(self.inner, name, value)
+
+
+class KeptAttention(AttentionWrapper):
+    """Wraps an attention callable so that selective checkpointing keeps its result."""
 
     @torch.compiler.disable  # never traced (--compile): it reads this thread's holder
     def __call__(self, q, k, v, causal, **kwargs):

@@ -25,18 +25,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..memory.checkpointing import AttentionWrapper
 
-class EagerAttention:
+
+class EagerAttention(AttentionWrapper):
     """An attention callable that ``torch.compile`` calls but never traces."""
-
-    def __init__(self, inner):
-        object.__setattr__(self, "inner", inner)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __setattr__(self, name, value):
-        setattr(self.inner, name, value)
 
     @torch.compiler.disable
     def __call__(self, q, k, v, causal, **kwargs):
