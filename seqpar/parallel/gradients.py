@@ -78,10 +78,17 @@ def clip_grad_norm(par: Parallelized, max_norm: float) -> float:
 
 
 @torch.no_grad()
-def clip_grad_norm_tensor(par: Parallelized, max_norm: float) -> torch.Tensor:
+def clip_grad_norm_tensor(par: Parallelized, max_norm: float, *,
+                          uncounted: frozenset[int] = frozenset(),
+                          across=None) -> torch.Tensor:
     """:func:`clip_grad_norm` without a host sync: the norm is a 0-d float64 tensor on
     the device and the clip factor ``max_norm / (norm + 1e-6)`` (1 when the norm is
-    within ``max_norm``) multiplies every gradient whatever its value (x1 is exact)."""
+    within ``max_norm``) multiplies every gradient whatever its value (x1 is exact).
+
+    For pipeline stages (:func:`seqpar.parallel.pipeline.pipeline_clip_grad_norm`):
+    parameters whose ``id`` is in ``uncounted`` are clipped but not counted (a tied
+    copy counted on another stage), and ``across`` sums the squared norm over a
+    group of model parts (the pp group)."""
     tp_params, rep_params = split_params(par)
     seq_params = seq_sharded_params(par)
     device = next(par.model.parameters()).device
@@ -94,7 +101,7 @@ def clip_grad_norm_tensor(par: Parallelized, max_norm: float) -> torch.Tensor:
         dist.all_reduce(seq_sq, group=par.group("sp"))
     for i, params in enumerate((tp_params, rep_params)):
         for p in params:
-            if p.grad is not None:
+            if p.grad is not None and id(p) not in uncounted:
                 sq[i] += local(p.grad).double().pow(2).sum()
     if par.mesh is not None:
         if par.fsdp and par.dims.dp * par.dims.sp > 1:
@@ -103,7 +110,10 @@ def clip_grad_norm_tensor(par: Parallelized, max_norm: float) -> torch.Tensor:
             tp_sq = sq[0].clone()
             dist.all_reduce(tp_sq, group=par.group("tp"))  # tp shards -> full weights
             sq[0] = tp_sq
-    norm = (sq.sum() + seq_sq.sum()).sqrt()
+    norm_sq = sq.sum() + seq_sq.sum()
+    if across is not None:
+        dist.all_reduce(norm_sq, group=across)  # model parts -> the whole model
+    norm = norm_sq.sqrt()
     if max_norm > 0:
         coef = torch.where(norm > max_norm, max_norm / (norm + 1e-6), torch.ones_like(norm))
         grads = [local(p.grad) for p in tp_params + rep_params + seq_params

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .gradients import local, split_params
+from .gradients import clip_grad_norm_tensor, local
 from .parallel_dims import ParallelDims
 from .parallelize import Parallelized, parallelize
 from .pipeline_schedule import (
@@ -188,29 +188,9 @@ def sync_tied_embedding(par: PipelineParallelized) -> None:
 def pipeline_clip_grad_norm(par: PipelineParallelized, max_norm: float) -> float:
     """:func:`~seqpar.parallel.clip_grad_norm` over every stage: each element of the
     whole model counted once (the tied embedding on its first stage only)."""
-    tp_params, rep_params = split_params(par)
+    uncounted: frozenset[int] = frozenset()
     if par.tie_group is not None and not par.is_first:  # the last stage's copy
-        tied = {id(p) for n, p in par.model.named_parameters() if n == "tok_embeddings.weight"}
-        counted_rep = [p for p in rep_params if id(p) not in tied]
-    else:
-        counted_rep = rep_params
-    device = next(par.model.parameters()).device
-    sq = torch.zeros(2, dtype=torch.float64, device=device)  # (tp shards, the rest)
-    for i, params in enumerate((tp_params, counted_rep)):
-        for p in params:
-            if p.grad is not None:
-                sq[i] += local(p.grad).double().pow(2).sum()
-    if par.fsdp and par.dims.dp * par.dims.sp > 1:
-        dist.all_reduce(sq, group=par.group("dp_sp"))  # FSDP shards -> full params
-    if par.dims.tp > 1:
-        tp_sq = sq[0].clone()
-        dist.all_reduce(tp_sq, group=par.group("tp"))  # tp shards -> full weights
-        sq[0] = tp_sq
-    dist.all_reduce(sq, group=par.group("pp"))  # stages -> the whole model
-    norm = float(sq.sum().sqrt())
-    if max_norm > 0 and norm > max_norm:
-        coef = max_norm / (norm + 1e-6)
-        for p in tp_params + rep_params:
-            if p.grad is not None:
-                local(p.grad).mul_(coef)
-    return norm
+        uncounted = frozenset(id(p) for n, p in par.model.named_parameters()
+                              if n == "tok_embeddings.weight")
+    return clip_grad_norm_tensor(par, max_norm, uncounted=uncounted,
+                                 across=par.group("pp")).item()
