@@ -185,12 +185,13 @@ def sync_tied_embedding(par: PipelineParallelized) -> None:
 
 
 @torch.no_grad()
-def pipeline_clip_grad_norm(par: PipelineParallelized, max_norm: float) -> float:
-    """:func:`~seqpar.parallel.clip_grad_norm` over every stage: each element of the
-    whole model counted once (the tied embedding on its first stage only)."""
+def pipeline_clip_grad_norm(par: PipelineParallelized, max_norm: float) -> torch.Tensor:
+    """:func:`~seqpar.parallel.clip_grad_norm_tensor` over every stage: each element of
+    the whole model counted once (the tied embedding on its first stage only); the
+    norm stays on the device."""
     uncounted: frozenset[int] = frozenset()
     if par.tie_group is not None and not par.is_first:  # the last stage's copy
         uncounted = frozenset(id(p) for n, p in par.model.named_parameters()
                               if n == "tok_embeddings.weight")
     return clip_grad_norm_tensor(par, max_norm, uncounted=uncounted,
-                                 across=par.group("pp")).item()
+                                 across=par.group("pp"))

@@ -94,8 +94,10 @@ def pipeline_train_step(par: PipelineParallelized, optimizer: torch.optim.Optimi
     optimizer.zero_grad(set_to_none=True)
     bubbles = [torch.zeros_like(idle) for _ in range(par.dims.pp)]
     dist.all_gather(bubbles, idle, group=par.group("pp"))
-    total, labelled, correct = stats.tolist()
+    # one host sync: (sum, labelled, correct, grad norm, pp bubbles)
+    numbers = torch.cat([stats, grad_norm.reshape(1).double(), *bubbles]).tolist()
+    total, labelled, correct, norm = numbers[:4]
     denom = max(labelled, 1.0)
     return PipelineStepOutput(loss=total / denom, accuracy=correct / denom,
-                              tokens=int(labelled), grad_norm=grad_norm, lr=lr,
-                              bubble_per_stage=[float(x) for x in bubbles])
+                              tokens=int(labelled), grad_norm=norm, lr=lr,
+                              bubble_per_stage=numbers[4:])
